@@ -1,0 +1,138 @@
+"""Prometheus metrics of one daemon process (a library process on a worker, or the local engine).
+
+Every metric lives in one registry per process (``REGISTRY``). Label values are bounded: result
+statuses come from the closed taxonomy in ``fetcher.errors``, HTTP responses are grouped by class
+(2xx, 3xx, ...), and the ``host`` label only names hosts from ``HostLabeler``'s allow-list or its
+first ``max_hosts`` hosts; every other host is reported as ``other``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+PlatformCollector(registry=REGISTRY)
+
+# Image downloads take from a few milliseconds (same rack) to tens of seconds (slow origins).
+DOWNLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SHARD_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, 7200)
+
+IMAGES = Counter(
+    "ldawt_images",
+    "Rows finished by the daemon, by result status (ok or a failure code).",
+    ["status"],
+    registry=REGISTRY,
+)
+DOWNLOAD_BYTES = Counter(
+    "ldawt_download_bytes", "Body bytes received, all attempts included.", registry=REGISTRY
+)
+REQUEST_DURATION = Histogram(
+    "ldawt_request_duration_seconds",
+    "Duration of one HTTP attempt, from sending the request to the end of the body.",
+    buckets=DOWNLOAD_BUCKETS,
+    registry=REGISTRY,
+)
+TIME_TO_FIRST_BYTE = Histogram(
+    "ldawt_time_to_first_byte_seconds",
+    "Time from sending a request to receiving the response headers.",
+    buckets=DOWNLOAD_BUCKETS,
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge("ldawt_requests_in_flight", "HTTP requests under way.", registry=REGISTRY)
+RETRIES = Counter(
+    "ldawt_retries", "Attempts that were retried, by the reason of the retry.", ["reason"],
+    registry=REGISTRY,
+)
+HTTP_RESPONSES = Counter(
+    "ldawt_http_responses",
+    "HTTP responses received, by status class (1xx..5xx).",
+    ["code_class"],
+    registry=REGISTRY,
+)
+HOST_WAIT = Counter(
+    "ldawt_host_wait_seconds",
+    "Time spent waiting for a per-host politeness slot or token, by host (bounded set).",
+    ["host"],
+    registry=REGISTRY,
+)
+HOST_RESPONSES = Counter(
+    "ldawt_host_responses",
+    "HTTP responses by host (bounded set) and status class, to spot throttling origins.",
+    ["host", "code_class"],
+    registry=REGISTRY,
+)
+SHARDS_STARTED = Counter("ldawt_shards_started", "Shards started.", registry=REGISTRY)
+SHARDS_FINISHED = Counter(
+    "ldawt_shards_finished", "Shards finished, by outcome (done or failed).", ["outcome"],
+    registry=REGISTRY,
+)
+SHARD_DURATION = Histogram(
+    "ldawt_shard_duration_seconds", "Wall time of one shard.", buckets=SHARD_BUCKETS,
+    registry=REGISTRY,
+)
+CONNECTIONS = Counter(
+    "ldawt_connections",
+    "Connections used for requests, by kind: new (a fresh TCP/TLS connection) or reused (warm).",
+    ["kind"],
+    registry=REGISTRY,
+)
+BUFFERED_BYTES = Gauge(
+    "ldawt_buffered_bytes", "Image bytes held in memory waiting to be written.", registry=REGISTRY
+)
+WORKSPACE_FREE = Gauge(
+    "ldawt_workspace_free_bytes", "Free disk space where shards are written.", registry=REGISTRY
+)
+LIBRARY_START = Gauge(
+    "ldawt_library_start_time_seconds",
+    "Unix time at which this daemon (library process) started.",
+    registry=REGISTRY,
+)
+LIBRARY_CALLS = Counter(
+    "ldawt_library_calls", "Shard calls served by this daemon process.", registry=REGISTRY
+)
+
+OTHER_HOST = "other"
+
+
+class HostLabeler:
+    """Maps host names to a bounded set of label values.
+
+    Hosts in ``allow`` always get their own label; otherwise the first ``max_hosts`` hosts seen
+    get one and all later hosts share ``other``, so the number of series stays bounded however
+    many hosts a job touches.
+    """
+
+    def __init__(self, allow: frozenset[str] = frozenset(), max_hosts: int = 20) -> None:
+        self._allow = allow
+        self._max_hosts = max_hosts
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, host: str) -> str:
+        if host in self._allow or host in self._seen:
+            return host
+        with self._lock:
+            if len(self._seen) < self._max_hosts:
+                self._seen.add(host)
+                return host
+        return OTHER_HOST
+
+
+def code_class(status: int) -> str:
+    """``404`` -> ``4xx``."""
+    return f"{status // 100}xx"
+
+
+def mark_library_start() -> None:
+    LIBRARY_START.set(time.time())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one command that runs every test, installing what the tests need first.
+#   bash tests/run.sh            # everything (CI runs exactly this)
+#   bash tests/run.sh -k fetch   # extra arguments go to the host pytest run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages used by the tests: nginx (origin), prometheus + promtool, systemd-analyze,
+# debootstrap (builds the Debian 13 root that carries real TaskVine).
+need_pkgs=()
+command -v nginx >/dev/null || need_pkgs+=(nginx-light libnginx-mod-http-echo)
+command -v promtool >/dev/null || need_pkgs+=(prometheus)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
+if ((${#need_pkgs[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+fi
+
+# The project in a virtual environment of its own, with its test extras.
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
+.venv/bin/python -m pytest -q -m "not taskvine" "$@"
