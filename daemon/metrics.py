@@ -4,13 +4,24 @@ Every metric lives in one registry per process (``REGISTRY``). Label values are 
 statuses come from the closed taxonomy in ``fetcher.errors``, HTTP responses are grouped by class
 (2xx, 3xx, ...), and the ``host`` label only names hosts from ``HostLabeler``'s allow-list or its
 first ``max_hosts`` hosts; every other host is reported as ``other``.
+
+``start_metrics_server`` exposes the registry on ``/metrics`` (once per process, from the library
+context); ``watch_workspace`` makes every scrape report the shard file system's free space.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
+import os
+import socket
 import threading
 import time
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import psutil
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -18,7 +29,10 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    make_wsgi_app,
 )
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
@@ -51,7 +65,9 @@ TIME_TO_FIRST_BYTE = Histogram(
 )
 IN_FLIGHT = Gauge("ldawt_requests_in_flight", "HTTP requests under way.", registry=REGISTRY)
 RETRIES = Counter(
-    "ldawt_retries", "Attempts that were retried, by the reason of the retry.", ["reason"],
+    "ldawt_retries",
+    "Attempts that were retried, by the reason of the retry.",
+    ["reason"],
     registry=REGISTRY,
 )
 HTTP_RESPONSES = Counter(
@@ -74,11 +90,15 @@ HOST_RESPONSES = Counter(
 )
 SHARDS_STARTED = Counter("ldawt_shards_started", "Shards started.", registry=REGISTRY)
 SHARDS_FINISHED = Counter(
-    "ldawt_shards_finished", "Shards finished, by outcome (done or failed).", ["outcome"],
+    "ldawt_shards_finished",
+    "Shards finished, by outcome (done or failed).",
+    ["outcome"],
     registry=REGISTRY,
 )
 SHARD_DURATION = Histogram(
-    "ldawt_shard_duration_seconds", "Wall time of one shard.", buckets=SHARD_BUCKETS,
+    "ldawt_shard_duration_seconds",
+    "Wall time of one shard.",
+    buckets=SHARD_BUCKETS,
     registry=REGISTRY,
 )
 CONNECTIONS = Counter(
@@ -92,6 +112,17 @@ BUFFERED_BYTES = Gauge(
 )
 WORKSPACE_FREE = Gauge(
     "ldawt_workspace_free_bytes", "Free disk space where shards are written.", registry=REGISTRY
+)
+WORKSPACE_SIZE = Gauge(
+    "ldawt_workspace_size_bytes",
+    "Total size of the file system where shards are written.",
+    registry=REGISTRY,
+)
+HOST_THROTTLED = Counter(
+    "ldawt_host_throttled_responses",
+    "HTTP 429 (Too Many Requests) responses by host (bounded set).",
+    ["host"],
+    registry=REGISTRY,
 )
 LIBRARY_START = Gauge(
     "ldawt_library_start_time_seconds",
@@ -136,3 +167,123 @@ def code_class(status: int) -> str:
 
 def mark_library_start() -> None:
     LIBRARY_START.set(time.time())
+
+
+def observe_response(host: str, status: int) -> None:
+    """Count one HTTP response; ``host`` must already be a label from a ``HostLabeler``."""
+    cls = code_class(status)
+    HTTP_RESPONSES.labels(cls).inc()
+    HOST_RESPONSES.labels(host, cls).inc()
+    if status == 429:
+        HOST_THROTTLED.labels(host).inc()
+
+
+def watch_workspace(path: str | os.PathLike[str]) -> None:
+    """Report the free and total bytes of the file system holding ``path``.
+
+    Nothing is measured now: each scrape makes one ``statvfs`` call per gauge, so calling this
+    at every shard start is free. A path that vanished reads as NaN rather than failing the scrape.
+    """
+    where = os.fspath(path)
+
+    def free() -> float:
+        try:
+            return float(psutil.disk_usage(where).free)
+        except OSError:
+            return math.nan
+
+    def size() -> float:
+        try:
+            return float(psutil.disk_usage(where).total)
+        except OSError:
+            return math.nan
+
+    WORKSPACE_FREE.set_function(free)
+    WORKSPACE_SIZE.set_function(size)
+
+
+# --- HTTP exposition -------------------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _server_class(address: str, port: int) -> type[WSGIServer]:
+    infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family = infos[0][0]
+
+    class _Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = family
+
+    return _Server
+
+
+def serve_registry(
+    registry: CollectorRegistry, address: str, port: int, port_range: int = 1
+) -> WSGIServer:
+    """Serve ``registry`` over HTTP (``/metrics``) from a daemon thread.
+
+    Tries ``port``, ``port + 1``, ... ``port + port_range - 1`` and uses the first one that is not
+    in use (port 0 asks the kernel for any free port). Returns the running server; its port is
+    ``server.server_port``. Raises ``OSError`` when every port of the range is in use.
+    """
+    app = make_wsgi_app(registry)
+    tries = 1 if port == 0 else max(1, port_range)
+    for candidate in range(port, port + tries):
+        try:
+            httpd = make_server(
+                address,
+                candidate,
+                app,
+                server_class=_server_class(address, candidate),
+                handler_class=_QuietHandler,
+            )
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            log.warning("metrics port %s:%d is in use, trying the next one", address, candidate)
+            continue
+        thread = threading.Thread(
+            target=httpd.serve_forever, args=(0.1,), name="ldawt-metrics", daemon=True
+        )
+        thread.start()
+        return httpd
+    raise OSError(
+        errno.EADDRINUSE,
+        f"no free metrics port on {address} in {port}..{port + tries - 1}",
+    )
+
+
+def stop_server(httpd: WSGIServer) -> None:
+    httpd.shutdown()
+    httpd.server_close()
+
+
+_server: WSGIServer | None = None
+_server_lock = threading.Lock()
+
+
+def start_metrics_server(address: str, port: int, port_range: int) -> int:
+    """Expose this process's ``REGISTRY`` on ``http://address:port/metrics``; return the port.
+
+    ``port_range`` is how many consecutive ports to try from ``port``. Meant to be called once
+    per process (the library context); later calls return the port already serving.
+    """
+    global _server
+    with _server_lock:
+        if _server is None:
+            _server = serve_registry(REGISTRY, address, port, port_range)
+            log.info("daemon metrics on %s:%d", address, _server.server_port)
+        return _server.server_port
+
+
+def stop_metrics_server() -> None:
+    """Stop the server started by ``start_metrics_server`` (tests, clean shutdown)."""
+    global _server
+    with _server_lock:
+        if _server is not None:
+            stop_server(_server)
+            _server = None
