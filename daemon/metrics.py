@@ -135,6 +135,22 @@ LIBRARY_CALLS = Counter(
 
 OTHER_HOST = "other"
 
+# Series exist (at 0) from the first scrape, so rate() and increase() see the first increments.
+for _outcome in ("done", "failed"):
+    SHARDS_FINISHED.labels(_outcome)
+for _kind in ("new", "reused"):
+    CONNECTIONS.labels(_kind)
+for _class in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+    HTTP_RESPONSES.labels(_class)
+
+
+def _preinitialize_statuses() -> None:
+    # Imported late: the fetcher package imports this module.
+    from .fetcher.errors import ALL_STATUSES
+
+    for status in ALL_STATUSES:
+        IMAGES.labels(status)
+
 
 class HostLabeler:
     """Maps host names to a bounded set of label values.
@@ -275,6 +291,7 @@ def start_metrics_server(address: str, port: int, port_range: int) -> int:
     global _server
     with _server_lock:
         if _server is None:
+            _preinitialize_statuses()
             _server = serve_registry(REGISTRY, address, port, port_range)
             log.info("daemon metrics on %s:%d", address, _server.server_port)
         return _server.server_port

@@ -71,6 +71,9 @@ def test_serves_registry_with_process_metrics(daemon_server: None) -> None:
     assert samples['ldawt_images_total{status="ok"}'] >= 3
     assert samples["ldawt_download_bytes_total"] >= 1234
     assert samples['ldawt_request_duration_seconds_bucket{le="0.25"}'] >= 1
+    # Every status of the taxonomy is exported (at 0) from the first scrape on.
+    assert 'ldawt_images_total{status="dns_error"}' in samples
+    assert 'ldawt_shards_finished_total{outcome="failed"}' in samples
     for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
         assert samples[name] > 0
 
