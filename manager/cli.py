@@ -1,2 +1,240 @@
-def main() -> None:
-    print("ldawt")
+"""The `ldawt-manager` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from ldawt.daemon.fetcher.options import FetchOptions
+
+from . import demo
+from .inputs import InputError
+from .plan import JOB_SUBDIR, PlanOptions
+from .submit import JobRequest, run_job
+
+DEFAULTS = FetchOptions()
+PLAN_DEFAULTS = PlanOptions()
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    cols = parser.add_argument_group("columns")
+    cols.add_argument("--url-col", help="URL column (default: photo_url)")
+    cols.add_argument(
+        "--class-col",
+        help="class column (default: the first of taxon_name, species_name, class, label, name "
+        "that exists; none -> every image in class 'unknown')",
+    )
+    cols.add_argument(
+        "--key-col",
+        help="key column naming each image (default: photo_id, key or id if present, else a key "
+        "derived from the URL path)",
+    )
+    cols.add_argument(
+        "--passthrough",
+        type=_csv,
+        default=(),
+        help="comma-separated input columns copied into the manifests",
+    )
+
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=PLAN_DEFAULTS.shard_size,
+        help="rows per shard (default: %(default)s)",
+    )
+    out.add_argument(
+        "--layout",
+        choices=("class", "webdataset"),
+        default=PLAN_DEFAULTS.layout,
+        help="tar layout: class = <class>/<key>.<ext> (ImageFolder); "
+        "webdataset = <key>.<ext> + <key>.json + <key>.cls (default: %(default)s)",
+    )
+    out.add_argument("--compress", action="store_true", help="write .tar.gz instead of .tar")
+    out.add_argument(
+        "--deadline",
+        type=float,
+        default=PLAN_DEFAULTS.deadline_s,
+        help="seconds a shard may run before its unfinished rows are cancelled "
+        "(default: %(default)s)",
+    )
+
+    fetch = parser.add_argument_group("downloading")
+    fetch.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULTS.concurrency,
+        help="requests in flight per worker process (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "--per-host",
+        type=_positive_int,
+        default=DEFAULTS.per_host,
+        help="requests in flight per host (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "--host-rps",
+        type=float,
+        default=None,
+        help="requests per second per host (default: unlimited)",
+    )
+    fetch.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULTS.total_timeout,
+        help="seconds one attempt may take, redirects included (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULTS.read_timeout,
+        help="seconds a response may stall between reads (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULTS.retries,
+        help="retries for 429, 5xx, 408, resets, timeouts and truncation (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=DEFAULTS.max_bytes,
+        help="largest image accepted, in bytes (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="allow loopback and private addresses (link-local is always refused)",
+    )
+    fetch.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    fetch.add_argument(
+        "--ca-file", help="trust the certificates in this PEM file instead of the system's"
+    )
+
+    run = parser.add_argument_group("engine")
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="local worker processes (default: one per core; 1 runs in this process)",
+    )
+
+
+def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobRequest:
+    fetch = FetchOptions(
+        concurrency=args.concurrency,
+        per_host=args.per_host,
+        host_rps=args.host_rps,
+        total_timeout=args.timeout,
+        read_timeout=args.read_timeout,
+        retries=args.retries,
+        max_bytes=args.max_bytes,
+        allow_private=args.allow_private,
+        tls_verify=not args.insecure,
+        ca_file=args.ca_file,
+    )
+    plan = PlanOptions(
+        shard_size=args.shard_size,
+        layout=args.layout,
+        compress=args.compress,
+        deadline_s=args.deadline,
+        fetch=fetch,
+    )
+    return JobRequest(
+        input_path,
+        out,
+        args.url_col,
+        args.class_col,
+        args.key_col,
+        args.passthrough,
+        plan,
+        args.workers,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldawt-manager",
+        description="Download image URL tables into tar shards, with one manifest row per "
+        "input row.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser(
+        "submit",
+        help="plan a job and run it (rerun the same command to resume)",
+        description="Plan INPUT into shards and download them into OUT: per shard a tar of images, "
+        "a manifest (.manifest.parquet, one row per input row) and a stats file.",
+    )
+    submit.add_argument("input", type=Path, help="a parquet or CSV file, or a folder of them")
+    submit.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_job_options(submit)
+
+    demo_cmd = commands.add_parser(
+        "demo",
+        help="run a whole job offline against a built-in loopback origin",
+        description="Start a loopback origin serving generated JPEGs (about 3%% answer 404 and 1%% "
+        "HTML), point a URL list at it and run a real job.",
+    )
+    demo_cmd.add_argument(
+        "--input", type=Path, help="a real URL list to rewrite (default: a synthetic list)"
+    )
+    demo_cmd.add_argument(
+        "--rows", type=_positive_int, default=2000, help="rows to take (default: %(default)s)"
+    )
+    demo_cmd.add_argument(
+        "--out", type=Path, help="output folder (default: a new temporary folder)"
+    )
+    _add_job_options(demo_cmd)
+    demo_cmd.set_defaults(shard_size=500)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "submit":
+            return run_job(_request(args, args.input, args.out))
+        return _demo(args)
+    except InputError as exc:
+        print(f"ldawt-manager: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nldawt-manager: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
+    out = args.out or Path(tempfile.mkdtemp(prefix="ldawt-demo-"))
+    args.allow_private = True
+    with demo.serve_in_background(demo.demo_app()) as port:
+        url_col = args.url_col or "photo_url"
+        listing = demo.rewrite_hosts(
+            args.input, args.rows, port, url_col, out / JOB_SUBDIR / "demo_input.parquet"
+        )
+        print(
+            f"ldawt demo: origin on 127.0.0.1:{port}, {args.rows:,} rows from "
+            f"{args.input or 'a synthetic list'}",
+            file=sys.stderr,
+        )
+        status = run_job(_request(args, listing, out))
+    print(f"ldawt demo: output in {out}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Download one URL: validation, redirects, politeness, retries, streaming limits, sniffing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from .. import metrics
+from . import errors
+from .budget import ByteBudget
+from .errors import FetchFailure
+from .guard import address_refusal, literal_address
+from .options import FetchOptions
+from .politeness import HostLimiter
+from .retry import backoff_delay, parse_retry_after
+from .session import ConnectionUse, open_session
+from .sniff import HEAD_BYTES, describe_non_image, image_extension
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(slots=True)
+class Download:
+    """What happened to one URL. ``body`` is set only when ``status`` is ok; its bytes stay
+    charged to the byte budget until ``Fetcher.release`` is called."""
+
+    status: str
+    http_status: int | None = None
+    detail: str = ""
+    attempts: int = 0
+    body: bytes | None = None
+    content_type: str | None = None
+    extension: str | None = None
+    elapsed_ms: float = 0.0
+    connections_new: int = 0
+    connections_reused: int = 0
+    charged: int = 0
+
+
+def parse_http_url(raw: object) -> URL:
+    """The URL when ``raw`` is an absolute http(s) URL with a host; FetchFailure otherwise."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise FetchFailure(errors.BAD_URL, f"empty or non-text URL {raw!r}"[:200])
+    try:
+        url = URL(raw.strip())
+    except (ValueError, TypeError) as exc:
+        raise FetchFailure(errors.BAD_URL, f"unparsable URL: {exc}") from exc
+    if url.scheme not in ("http", "https"):
+        raise FetchFailure(errors.BAD_URL, f"scheme {url.scheme!r} is not http or https")
+    if not url.host:
+        raise FetchFailure(errors.BAD_URL, "URL has no host")
+    return url
+
+
+class Fetcher:
+    """One per daemon process: the warm session plus the limits shared by all its shards."""
+
+    def __init__(self, options: FetchOptions, labeler: metrics.HostLabeler | None = None) -> None:
+        self.options = options
+        self._session = open_session(options)
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._labeler = labeler or metrics.HostLabeler()
+        self._hosts = HostLimiter(options.per_host, options.host_rps, self._labeler)
+        self.budget = ByteBudget(options.max_buffered_bytes)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def release(self, download: Download) -> None:
+        """Give the body's bytes back to the budget once they are written (loop thread only)."""
+        if download.charged:
+            self.budget.release(download.charged)
+            download.charged = 0
+
+    async def fetch(self, raw_url: object, options: FetchOptions | None = None) -> Download:
+        """Download ``raw_url`` with retries. Never raises, except CancelledError."""
+        options = options or self.options
+        started = time.monotonic()
+        download = Download(status=errors.INTERNAL_ERROR)
+        try:
+            url = parse_http_url(raw_url)
+            for attempt in range(options.retries + 1):
+                download.attempts = attempt + 1
+                download.http_status = None
+                try:
+                    await self._attempt(url, options, download)
+                    download.status = errors.OK
+                    return download
+                except Exception as exc:  # every failure becomes a row status
+                    failure = errors.classify_exception(exc)
+                download.status = failure.status
+                download.detail = failure.detail
+                download.http_status = failure.http_status or download.http_status
+                if attempt == options.retries or not _retryable(failure):
+                    break
+                metrics.RETRIES.labels(failure.status).inc()
+                await asyncio.sleep(_retry_delay(failure, attempt, options))
+        except FetchFailure as failure:  # the URL itself is unusable
+            download.status, download.detail = failure.status, failure.detail
+        finally:
+            download.elapsed_ms = (time.monotonic() - started) * 1000.0
+        return download
+
+    async def _attempt(self, url: URL, options: FetchOptions, download: Download) -> None:
+        async with self._hosts.slot(url.host or ""), self._slots:
+            metrics.IN_FLIGHT.inc()
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(options.total_timeout):
+                    await self._follow(url, options, download)
+            finally:
+                metrics.IN_FLIGHT.dec()
+                metrics.REQUEST_DURATION.observe(time.monotonic() - started)
+
+    async def _follow(self, url: URL, options: FetchOptions, download: Download) -> None:
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=options.connect_timeout, sock_read=options.read_timeout
+        )
+        seen = {url}
+        for _ in range(options.max_redirects + 1):
+            self._check_literal_address(url, options)
+            use = ConnectionUse()
+            sent = time.monotonic()
+            async with self._session.get(
+                url, allow_redirects=False, timeout=timeout, trace_request_ctx=use
+            ) as response:
+                download.connections_new += use.new
+                download.connections_reused += use.reused
+                metrics.TIME_TO_FIRST_BYTE.observe(time.monotonic() - sent)
+                self._count_response(url, response.status)
+                download.http_status = response.status
+                if response.status in REDIRECT_STATUSES:
+                    url = _redirect_target(url, response)
+                    if url in seen:
+                        raise FetchFailure(errors.REDIRECT_LOOP, f"redirect loop back to {url}")
+                    seen.add(url)
+                    continue
+                if not 200 <= response.status < 300:
+                    raise _http_failure(response)
+                await self._read_image(response, options, download)
+                return
+        raise FetchFailure(errors.REDIRECT_LOOP, f"more than {options.max_redirects} redirects")
+
+    def _check_literal_address(self, url: URL, options: FetchOptions) -> None:
+        address = literal_address(url.host or "")
+        if address is not None:
+            refusal = address_refusal(address, options.allow_private)
+            if refusal:
+                raise FetchFailure(errors.BLOCKED_ADDRESS, refusal)
+
+    def _count_response(self, url: URL, status: int) -> None:
+        code_class = metrics.code_class(status)
+        metrics.HTTP_RESPONSES.labels(code_class).inc()
+        metrics.HOST_RESPONSES.labels(self._labeler(url.host or ""), code_class).inc()
+
+    async def _read_image(
+        self, response: aiohttp.ClientResponse, options: FetchOptions, download: Download
+    ) -> None:
+        declared = response.content_length
+        encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+        if declared is not None and declared > options.max_bytes:
+            raise FetchFailure(
+                errors.TOO_LARGE, f"Content-Length {declared} > max_bytes {options.max_bytes}"
+            )
+        if declared is not None and not encoded:
+            await self.budget.reserve(declared)
+            download.charged = declared
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                metrics.DOWNLOAD_BYTES.inc(len(chunk))
+                if size > options.max_bytes:
+                    raise FetchFailure(
+                        errors.TOO_LARGE, f"body passed max_bytes {options.max_bytes}"
+                    )
+                if size > download.charged:
+                    self.budget.charge(size - download.charged)
+                    download.charged = size
+                chunks.append(chunk)
+            if declared is not None and not encoded and size != declared:
+                raise FetchFailure(
+                    errors.TRUNCATED, f"got {size} of {declared} bytes (Content-Length)"
+                )
+            body = b"".join(chunks)
+            content_type = response.headers.get("Content-Type")
+            extension = image_extension(body[:HEAD_BYTES])
+            if extension is None:
+                raise FetchFailure(
+                    errors.NOT_IMAGE, describe_non_image(body, content_type), response.status
+                )
+        except BaseException:
+            self.release(download)
+            raise
+        download.body = body
+        download.content_type = content_type
+        download.extension = extension
+
+
+def _retryable(failure: FetchFailure) -> bool:
+    if failure.http_status is not None and failure.status.startswith("http_"):
+        return failure.http_status in errors.RETRYABLE_HTTP
+    return failure.status in errors.RETRYABLE
+
+
+def _retry_delay(failure: FetchFailure, attempt: int, options: FetchOptions) -> float:
+    if failure.retry_after is not None:
+        return min(failure.retry_after, options.retry_after_max)
+    return backoff_delay(attempt, options.backoff_base, options.backoff_max)
+
+
+def _http_failure(response: aiohttp.ClientResponse) -> FetchFailure:
+    failure = FetchFailure(
+        errors.http_status_code(response.status),
+        f"HTTP {response.status} {response.reason or ''}".strip(),
+        response.status,
+    )
+    failure.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return failure
+
+
+def _redirect_target(url: URL, response: aiohttp.ClientResponse) -> URL:
+    location = response.headers.get("Location")
+    if not location:
+        raise FetchFailure(
+            errors.http_status_code(response.status),
+            f"HTTP {response.status} without Location",
+            response.status,
+        )
+    target = url.join(URL(location))
+    if target.scheme not in ("http", "https") or not target.host:
+        raise FetchFailure(errors.BAD_URL, f"redirect to unsupported URL {location!r}"[:200])
+    return target

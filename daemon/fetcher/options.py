@@ -1,0 +1,64 @@
+"""Fetch settings: one frozen, JSON-able record that travels inside every shard spec."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+USER_AGENT = "ldawt/0.1 (image dataset downloader)"
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    concurrency: int = 256
+    """Requests in flight per daemon process (all shards together)."""
+    per_host: int = 128
+    """Requests in flight per host. Large URL lists mostly live on a few object-store hosts that
+    take many parallel requests; lower it for small origins."""
+    host_rps: float | None = None
+    """Optional requests/second per host (token bucket, burst of one second)."""
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    """Longest stall between two reads of one response."""
+    total_timeout: float = 120.0
+    """Deadline for one attempt, redirects included."""
+    retries: int = 3
+    """Retries after the first attempt, for retryable failures only."""
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 60.0
+    """Longest wait granted to a server's Retry-After."""
+    max_bytes: int = 50 * 1024 * 1024
+    max_buffered_bytes: int = 96 * 1024 * 1024
+    """Image bytes held in memory (downloaded, not yet written) before new reads wait."""
+    max_redirects: int = 10
+    allow_private: bool = False
+    """Allow loopback and private addresses (tests, benchmarks, intranet origins)."""
+    tls_verify: bool = True
+    ca_file: str | None = None
+    user_agent: str = USER_AGENT
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FetchOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown fetch option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def session_key(self) -> tuple[Any, ...]:
+        """The fields that shape the connection pool; shards that agree on them share one."""
+        return (
+            self.concurrency,
+            self.per_host,
+            self.host_rps,
+            self.allow_private,
+            self.tls_verify,
+            self.ca_file,
+            self.user_agent,
+            self.max_buffered_bytes,
+        )

@@ -1,0 +1,61 @@
+"""The manifest: one row per input row of a shard, saying what happened to it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .tarwriter import fsync_directory
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("class", pa.string()),
+        ("label", pa.int64()),
+        ("status", pa.string()),
+        ("http_status", pa.int32()),
+        ("error", pa.string()),
+        ("attempts", pa.int32()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("content_type", pa.string()),
+        ("elapsed_ms", pa.float32()),
+        ("member", pa.string()),
+    ]
+)
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """Run ``write(partial_path)``, fsync the result and rename it to ``path``."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        write(partial)
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]], passthrough: pa.Table | None) -> None:
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    if passthrough is not None:
+        for name in passthrough.column_names:
+            column_name = name if name not in table.column_names else f"input_{name}"
+            table = table.append_column(column_name, passthrough.column(name))
+    write_atomically(path, lambda partial: pq.write_table(table, partial))
+
+
+def write_stats(path: Path, stats: dict[str, Any]) -> None:
+    def write(partial: Path) -> None:
+        partial.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+
+    write_atomically(path, write)

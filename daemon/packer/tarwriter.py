@@ -1,0 +1,109 @@
+"""Writes a shard's tar from one thread while the event loop keeps downloading.
+
+The loop hands finished images to ``add``, which never blocks: the queue holds only bytes that
+are already charged to the fetcher's byte budget, so its size is bounded by that budget. The
+tar is written as ``<name>.partial`` and only renamed to its final name after an fsync, so a
+killed shard never leaves a tar that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import queue
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+Written = Callable[[str], None]
+_STOP = object()
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TarWriter:
+    """A tar being written by a background thread; ``commit`` or ``abort`` must end it."""
+
+    def __init__(self, final_path: Path, compress: bool) -> None:
+        self.final_path = final_path
+        self.partial_path = final_path.with_name(final_path.name + ".partial")
+        # Both stay open across calls; the writer thread closes them.
+        self._file = open(self.partial_path, "wb")  # noqa: SIM115
+        # Images do not shrink under gzip; level 1 keeps the .tar.gz format at little CPU cost.
+        self._tar = tarfile.open(  # noqa: SIM115
+            fileobj=self._file,
+            mode="w:gz" if compress else "w",
+            format=tarfile.PAX_FORMAT,
+            **({"compresslevel": 1} if compress else {}),
+        )
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self.members = 0
+        self._thread = threading.Thread(target=self._run, name=f"tar:{final_path.name}")
+        self._thread.start()
+
+    def add(self, name: str, data: bytes, written: Written | None = None) -> None:
+        """Queue one member; ``written(sha256_hex)`` is called from the writer thread after."""
+        self._queue.put((name, data, written))
+
+    def commit(self) -> Path:
+        """Finish the tar, make it durable and give it its final name (blocking)."""
+        self._finish()
+        if self._error is not None:
+            self._remove_partial()
+            raise self._error
+        os.replace(self.partial_path, self.final_path)
+        fsync_directory(self.final_path.parent)
+        return self.final_path
+
+    def abort(self) -> None:
+        """Stop writing and delete the partial file (blocking)."""
+        self._finish()
+        self._remove_partial()
+
+    def _finish(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _remove_partial(self) -> None:
+        self.partial_path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        mtime = int(time.time())
+        try:
+            while (item := self._queue.get()) is not _STOP:
+                if self._error is not None:
+                    continue  # drain after a failure; commit will raise it
+                name, data, written = item
+                try:
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    info.mtime = mtime
+                    info.mode = 0o644
+                    self._tar.addfile(info, io.BytesIO(data))
+                    self.members += 1
+                    if written is not None:
+                        written(hashlib.sha256(data).hexdigest())
+                except BaseException as exc:  # disk full, I/O error: reported by commit
+                    self._error = exc
+        finally:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except BaseException as exc:
+            self._error = self._error or exc
+        finally:
+            self._file.close()

@@ -1,0 +1,87 @@
+"""The warm state of one daemon process: a uvloop event loop in its own thread and one Fetcher
+(one aiohttp connection pool) per set of pool options, kept across shards.
+
+The local engine's worker processes and the TaskVine library process both hold one runtime;
+``get_runtime`` creates it on first use and then always returns the same one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from . import metrics
+from .fetcher.fetch import Fetcher
+from .fetcher.options import FetchOptions
+
+T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional on platforms it does not support
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class DaemonRuntime:
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.loop = new_event_loop()
+        self._fetchers: dict[tuple[Any, ...], Fetcher] = {}
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="ldawt-loop", daemon=True
+        )
+        self._thread.start()
+        metrics.mark_library_start()
+
+    def call(
+        self,
+        work: Callable[[Fetcher], Awaitable[T]],
+        options: FetchOptions,
+        timeout: float,
+    ) -> T:
+        """Run ``work(fetcher)`` on the loop and wait for it at most ``timeout`` seconds."""
+        future = asyncio.run_coroutine_threadsafe(self._with_fetcher(work, options), self.loop)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    async def _with_fetcher(
+        self, work: Callable[[Fetcher], Awaitable[T]], options: FetchOptions
+    ) -> T:
+        key = options.session_key()
+        fetcher = self._fetchers.get(key)
+        if fetcher is None:
+            fetcher = self._fetchers[key] = Fetcher(options)
+        return await work(fetcher)
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for fetcher in self._fetchers.values():
+                await fetcher.close()
+            self._fetchers.clear()
+
+        asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+
+
+_runtime: DaemonRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> DaemonRuntime:
+    """This process's runtime, created on first use."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = DaemonRuntime()
+        return _runtime

@@ -1,0 +1,101 @@
+"""`ldawt-manager demo`: a whole job offline. A loopback origin serves generated JPEGs (with a
+few deterministic failures) for a URL list whose hosts are rewritten to it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from aiohttp import web
+
+from .images import make_jpeg
+
+DEMO_CLASSES = (
+    "Danaus plexippus",
+    "Apis mellifera",
+    "Quercus robur",
+    "Turdus merula",
+    "Amanita muscaria",
+)
+
+
+def _fate(path: str) -> int:
+    """A stable number in [0, 100) per path, choosing what the origin does with it."""
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") % 100
+
+
+async def _serve(request: web.Request) -> web.StreamResponse:
+    path = request.path
+    fate = _fate(path)
+    if fate < 3:
+        raise web.HTTPNotFound()
+    if fate < 4:
+        return web.Response(
+            text="<html><body>Sign in to view this photo</body></html>", content_type="text/html"
+        )
+    size = 20_000 + fate * 1_000
+    return web.Response(body=make_jpeg(path, size), content_type="image/jpeg")
+
+
+def demo_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", _serve)
+    return app
+
+
+@contextmanager
+def serve_in_background(app: web.Application) -> Iterator[int]:
+    """Serve ``app`` on 127.0.0.1 (a free port) from a background thread; yields the port."""
+    loop = asyncio.new_event_loop()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.SockSite(runner, listener).start())
+    thread = threading.Thread(target=loop.run_forever, name="http-origin", daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def rewrite_hosts(
+    source: Path | None, rows: int, port: int, url_col: str, destination: Path
+) -> Path:
+    """Copy the first ``rows`` rows of ``source`` with URL hosts pointed at the demo origin, or
+    synthesise a list when there is no source."""
+    if source is None:
+        table = pa.table(
+            {
+                url_col: [f"http://127.0.0.1:{port}/photos/{i}/medium.jpg" for i in range(rows)],
+                "taxon_name": [DEMO_CLASSES[i % len(DEMO_CLASSES)] for i in range(rows)],
+                "photo_id": list(range(rows)),
+            }
+        )
+    else:
+        first = next(pq.ParquetFile(source).iter_batches(batch_size=rows), None)
+        if first is None:
+            raise ValueError(f"{source} has no rows")
+        table = pa.Table.from_batches([first])
+        urls = [
+            None if u is None else f"http://127.0.0.1:{port}{urlsplit(u).path}"
+            for u in table.column(url_col).to_pylist()
+        ]
+        table = table.set_column(
+            table.schema.get_field_index(url_col), url_col, pa.array(urls, pa.string())
+        )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, destination)
+    return destination

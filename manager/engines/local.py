@@ -1,0 +1,88 @@
+"""The embedded engine: shards run on this machine, with no cluster.
+
+With one worker the shards run in this process, on one warm runtime (one event loop, one
+connection pool). With more, each worker is a separate process holding its own runtime, so the
+CPU work (HTTP parsing, hashing, tar writing) spreads over the cores.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import queue
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ldawt.daemon.shard import run_shard
+
+Progress = Callable[[dict[str, Any]], None]
+_progress_queue: Any = None
+
+
+def _init_worker(progress_queue: Any) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _run_reporting(spec: dict[str, Any]) -> dict[str, Any]:
+    return run_shard(spec, _progress_queue.put)
+
+
+def default_workers() -> int:
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+
+
+class LocalEngine:
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or default_workers()
+
+    def describe(self) -> str:
+        if self.workers == 1:
+            return "local engine, in-process"
+        return f"local engine, {self.workers} worker processes"
+
+    def run(self, specs: list[dict[str, Any]], progress: Progress) -> Iterator[dict[str, Any]]:
+        workers = max(1, min(self.workers, len(specs)))
+        if workers == 1:
+            progress_queue: Any = queue.SimpleQueue()
+            executor: cf.Executor = cf.ThreadPoolExecutor(
+                1, initializer=_init_worker, initargs=(progress_queue,)
+            )
+        else:
+            # spawn: the manager may hold threads, which fork would copy in a broken state
+            context = multiprocessing.get_context("spawn")
+            progress_queue = context.Queue()
+            executor = cf.ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)
+            )
+        with executor:
+            pending = {executor.submit(_run_reporting, spec): spec for spec in specs}
+            try:
+                while pending:
+                    done, _ = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
+                    _drain(progress_queue, progress)
+                    for future in done:
+                        spec = pending.pop(future)
+                        yield _result_of(future, spec)
+                _drain(progress_queue, progress)
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+def _drain(progress_queue: Any, progress: Progress) -> None:
+    while True:
+        try:
+            progress(progress_queue.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _result_of(future: cf.Future, spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return future.result()
+    except Exception as exc:  # a worker process died (killed, out of memory)
+        return {"shard_id": spec["shard_id"], "ok": False, "error": f"worker failed: {exc!r}"}
