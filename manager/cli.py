@@ -10,6 +10,7 @@ from pathlib import Path
 from ldawt.daemon.fetcher.options import FetchOptions
 
 from . import demo
+from .engines import add_engine_options, make_engine
 from .inputs import InputError
 from .plan import JOB_SUBDIR, PlanOptions
 from .submit import JobRequest, run_job
@@ -125,13 +126,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "--ca-file", help="trust the certificates in this PEM file instead of the system's"
     )
 
-    run = parser.add_argument_group("engine")
-    run.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=None,
-        help="local worker processes (default: one per core; 1 runs in this process)",
-    )
+    add_engine_options(parser)
 
 
 def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobRequest:
@@ -162,7 +157,6 @@ def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobReques
         args.key_col,
         args.passthrough,
         plan,
-        args.workers,
     )
 
 
@@ -208,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "submit":
-            return run_job(_request(args, args.input, args.out))
+            return run_job(_request(args, args.input, args.out), make_engine(args))
         return _demo(args)
     except InputError as exc:
         print(f"ldawt-manager: error: {exc}", file=sys.stderr)
@@ -231,7 +225,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"{args.input or 'a synthetic list'}",
             file=sys.stderr,
         )
-        status = run_job(_request(args, listing, out))
+        status = run_job(_request(args, listing, out), make_engine(args))
     print(f"ldawt demo: output in {out}", file=sys.stderr)
     return status
 

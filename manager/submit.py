@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from ldawt.daemon.fetcher import errors
 
-from .engines.local import LocalEngine
+from .engines import Engine
 from .inputs import ColumnMap, InputError, list_input_files, read_schema, resolve_columns
 from .plan import JOB_SUBDIR, PlanOptions, plan_job
 from .progress import Progress, format_duration
@@ -28,7 +28,6 @@ class JobRequest:
     key_col: str | None
     passthrough: tuple[str, ...]
     plan: PlanOptions
-    workers: int | None
 
 
 def prepare_output(out: Path) -> None:
@@ -46,7 +45,7 @@ def shard_is_complete(spec: dict[str, Any]) -> bool:
     return (Path(spec["output_dir"]) / f"{spec['shard_id']}_stats.json").exists()
 
 
-def run_job(request: JobRequest, stream: TextIO = sys.stderr) -> int:
+def run_job(request: JobRequest, engine: Engine, stream: TextIO = sys.stderr) -> int:
     """Plan and run a job; returns the process exit status (0: every shard committed)."""
     files = list_input_files(request.input)
     columns: ColumnMap = resolve_columns(
@@ -64,7 +63,6 @@ def run_job(request: JobRequest, stream: TextIO = sys.stderr) -> int:
     )
     plan = plan_job(files, columns, request.out, request.plan)
     todo = [spec for spec in plan.specs if not shard_is_complete(spec)]
-    engine = LocalEngine(request.workers)
     print(
         f"ldawt: {plan.rows:,} rows in {len(plan.specs)} shard(s), {len(plan.specs) - len(todo)} "
         f"already done; {engine.describe()}",

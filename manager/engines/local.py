@@ -11,12 +11,13 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from ldawt.daemon.shard import run_shard
 
-Progress = Callable[[dict[str, Any]], None]
+from . import Progress
+
 _progress_queue: Any = None
 
 
