@@ -8,6 +8,7 @@ The local engine's worker processes and the TaskVine library process both hold o
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import threading
 import time
@@ -84,4 +85,5 @@ def get_runtime() -> DaemonRuntime:
     with _runtime_lock:
         if _runtime is None:
             _runtime = DaemonRuntime()
+            atexit.register(_runtime.close)
         return _runtime
