@@ -57,7 +57,8 @@ def serve_in_background(app: web.Application) -> Iterator[int]:
     loop = asyncio.new_event_loop()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
-    runner = web.AppRunner(app, access_log=None)
+    # A short shutdown timeout: stalled test handlers must not hold up the origin's exit.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.SockSite(runner, listener).start())
     thread = threading.Thread(target=loop.run_forever, name="http-origin", daemon=True)

@@ -1,0 +1,115 @@
+"""Member names stay inside the extraction folder, whatever the class and key text."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+import unicodedata
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ldawt.daemon.packer.names import MAX_COMPONENT_BYTES, MemberNamer, safe_component
+from ldawt.daemon.packer.tarwriter import TarWriter
+
+HOSTILE = [
+    "../../etc",
+    "/abs/path",
+    "a\x00b",
+    "tab\tand\nnewline\x7f",
+    "x" * 500,
+    "é" * 300,
+    "..",
+    ".",
+    "",
+    " ",
+    "C:\\windows\\system32",
+    "caf\u00e9",  # NFC
+    "cafe\u0301",  # NFD of the same name
+    "Bird",
+    "bird",
+]
+
+
+def write_tar(path: Path, names: list[tuple[str, str]], layout: str = "class") -> list[str]:
+    namer = MemberNamer(layout)
+    writer = TarWriter(path, compress=False)
+    members = []
+    for class_name, key in names:
+        member = f"{namer.stem(class_name, key)}.jpg"
+        writer.add(member, b"\xff\xd8\xff" + member.encode())
+        members.append(member)
+    writer.commit()
+    return members
+
+
+def assert_inside(root: Path) -> None:
+    for path in root.rglob("*"):
+        assert path.resolve().is_relative_to(root.resolve()), path
+
+
+def test_hostile_names_extract_inside_the_target(tmp_path: Path) -> None:
+    pairs = [(c, k) for c in HOSTILE for k in ("k", "../k", "/k")]
+    members = write_tar(tmp_path / "s.tar", pairs)
+    assert len(set(members)) == len(members)
+    assert len({m.casefold() for m in members}) == len(members)
+
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        tar.extractall(tmp_path / "py", filter="data")  # raises on any unsafe member
+        assert [m.name for m in tar.getmembers()] == members
+    (tmp_path / "gnu").mkdir()
+    subprocess.run(["tar", "-xf", str(tmp_path / "s.tar"), "-C", str(tmp_path / "gnu")], check=True)
+    for root in (tmp_path / "py", tmp_path / "gnu"):
+        assert_inside(root)
+        assert len([p for p in root.rglob("*") if p.is_file()]) == len(members)
+
+
+def test_unicode_forms_and_case_do_not_collide_silently() -> None:
+    namer = MemberNamer("class")
+    nfc = namer.stem("caf\u00e9", "k")
+    nfd = namer.stem("cafe\u0301", "k")
+    assert nfc == "caf\u00e9/k" and nfd == "caf\u00e9/k_1"
+    assert namer.stem("Bird", "K") == "Bird/K" and namer.stem("bird", "k") == "bird/k_1"
+
+
+def test_webdataset_stems_have_no_dots() -> None:
+    namer = MemberNamer("webdataset")
+    assert namer.stem("c", "a.b.c") == "a_b_c"
+    assert namer.stem("c", "a_b_c") == "a_b_c_1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_safe_component_is_one_bounded_printable_component(text: str) -> None:
+    name = safe_component(text)
+    assert name and name not in (".", "..")
+    assert "/" not in name and "\\" not in name and "\x00" not in name
+    assert len(name.encode("utf-8")) <= MAX_COMPONENT_BYTES
+    assert all(unicodedata.category(ch) not in ("Cc", "Cs") for ch in name)
+    assert name == unicodedata.normalize("NFC", name)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=60), st.text(max_size=60)), min_size=1, max_size=20))
+def test_any_names_make_a_safe_tar(tmp_path_factory, pairs: list[tuple[str, str]]) -> None:
+    root = tmp_path_factory.mktemp("prop")
+    members = write_tar(root / "s.tar", pairs)
+    with tarfile.open(root / "s.tar") as tar:
+        tar.extractall(root / "x", filter="data")
+    assert_inside(root / "x")
+    assert len({m.casefold() for m in members}) == len(pairs)
+
+
+def test_writer_failure_leaves_no_partial(tmp_path: Path) -> None:
+    writer = TarWriter(tmp_path / "s.tar", compress=False)
+    writer.add("ok.jpg", b"data")
+    writer.add("bad.jpg", io.BytesIO(b"not bytes"))  # type: ignore[arg-type]
+    try:
+        writer.commit()
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("commit must report the writer's failure")
+    assert list(tmp_path.iterdir()) == []
