@@ -11,12 +11,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fault_origin import PNG_HEADER, FaultOrigin
 
 from ldawt.daemon import metrics
 from ldawt.daemon.shard import run_shard
 from ldawt.manager.demo import serve_in_background
-
-from .fault_origin import PNG_HEADER, FaultOrigin
 
 FAST_FETCH = {
     "allow_private": True,
