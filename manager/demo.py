@@ -69,6 +69,10 @@ def serve_in_background(app: web.Application) -> Iterator[int]:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+        leftovers = asyncio.all_tasks(loop)  # handlers still stalled past the shutdown timeout
+        for task in leftovers:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
         loop.close()
 
 
