@@ -69,11 +69,16 @@ def serve_in_background(app: web.Application) -> Iterator[int]:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
-        leftovers = asyncio.all_tasks(loop)  # handlers still stalled past the shutdown timeout
-        for task in leftovers:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        loop.run_until_complete(_cancel_leftover_tasks())
         loop.close()
+
+
+async def _cancel_leftover_tasks() -> None:
+    """Cancel the handlers still stalled past the runner's shutdown timeout."""
+    leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 def rewrite_hosts(
