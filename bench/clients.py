@@ -1,0 +1,300 @@
+"""The measured clients: how each one is launched and how its output is counted.
+
+Each row of the benchmark is a :class:`Job` (a command line, its environment and a counter of
+its output). To change how ldawt is called, edit :func:`ldawt_command` only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".heic", ".avif")
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass
+class Counted:
+    """What a client produced: images written (or received), their bytes, rows accounted."""
+
+    ok: int
+    bytes: int
+    accounted: int | None = None  # rows present in the client's own per-row records
+    detail: str = ""
+
+
+@dataclass
+class Job:
+    """One benchmark row."""
+
+    name: str
+    profile: str  # "plain" (profile 1) or "tls" (profile 2)
+    cmd: list[str]
+    env: dict[str, str]
+    out_dir: Path
+    rows: int
+    count: Callable[[Job], Counted]
+    timeout_s: float
+    is_img2dataset: bool = False
+    is_ldawt: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def log_dir(self) -> Path:
+        """stdout.txt / stderr.txt of the run (outside out_dir: img2dataset owns that one)."""
+        return self.out_dir.parent / "logs" / self.out_dir.name
+
+
+def base_env() -> dict[str, str]:
+    """The clients' environment: no proxies, no phoning home, loopback only."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        NO_ALBUMENTATIONS_UPDATE="1",  # albumentations (an img2dataset dep) checks for updates
+        WANDB_MODE="disabled",
+        WANDB_SILENT="true",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def count_tars(out_dir: Path) -> Counted:
+    """Image members and their bytes over every tar under ``out_dir``."""
+    ok = nbytes = 0
+    for path in sorted(out_dir.rglob("*.tar")):
+        with tarfile.open(path) as tf:
+            for m in tf:
+                if m.isfile() and m.name.lower().endswith(IMAGE_EXTS):
+                    ok += 1
+                    nbytes += m.size
+    return Counted(ok, nbytes)
+
+
+# ---------------------------------------------------------------- bare aiohttp client
+
+
+def bare_job(
+    name: str, profile: str, urls: Path, out_dir: Path, rows: int, *, tar: bool, cafile: Path | None
+) -> Job:
+    cmd = [sys.executable, str(BENCH_DIR / "bare_client.py"), "--input", str(urls)]
+    cmd += ["--concurrency", "256"]
+    if tar:
+        cmd += ["--tar", str(out_dir / "bare.tar")]
+    if cafile:
+        cmd += ["--cafile", str(cafile)]
+    return Job(name, profile, cmd, base_env(), out_dir, rows, _count_bare, timeout_s=300)
+
+
+def _count_bare(job: Job) -> Counted:
+    import json
+
+    lines = (job.log_dir / "stdout.txt").read_text().strip().splitlines()
+    res = json.loads(lines[-1]) if lines else {"ok": 0, "bytes": 0, "failed": {"no output": 1}}
+    detail = f"failed {res['failed']}" if res.get("failed") else ""
+    if (job.out_dir / "bare.tar").exists():
+        in_tar = count_tars(job.out_dir)
+        if in_tar.ok != res["ok"]:
+            detail += f" tar holds {in_tar.ok} images, client said {res['ok']}"
+        return Counted(in_tar.ok, in_tar.bytes, None, detail.strip())
+    return Counted(res["ok"], res["bytes"], None, detail)
+
+
+# ---------------------------------------------------------------- img2dataset 1.47
+
+
+def img2dataset_job(
+    name: str,
+    profile: str,
+    img2dataset_bin: Path,
+    urls: Path,
+    out_dir: Path,
+    rows: int,
+    *,
+    cert_file: Path | None,
+    shard_size: int,
+) -> Job:
+    cmd = [
+        str(img2dataset_bin),
+        "--url_list", str(urls),
+        "--input_format", "parquet",
+        "--url_col", "photo_url",
+        "--caption_col", "taxon_name",
+        "--output_format", "webdataset",
+        "--output_folder", str(out_dir),
+        "--processes_count", "2",
+        "--thread_count", "64",
+        "--resize_mode", "no",
+        "--disable_all_reencoding", "True",
+        "--number_sample_per_shard", str(shard_size),
+        "--timeout", "30",
+        "--retries", "0",
+        "--enable_wandb", "False",
+        "--distributor", "multiprocessing",
+    ]  # fmt: skip
+    env = base_env()
+    if cert_file:
+        env["SSL_CERT_FILE"] = str(cert_file)
+    return Job(
+        name, profile, cmd, env, out_dir, rows, _count_img2dataset, 1800, is_img2dataset=True
+    )
+
+
+def _count_img2dataset(job: Job) -> Counted:
+    import json
+
+    import pyarrow.parquet as pq
+
+    counted = count_tars(job.out_dir)
+    stats = [json.loads(p.read_text()) for p in job.out_dir.glob("*_stats.json")]
+    successes = sum(s.get("successes", 0) for s in stats)
+    errors: dict[str, int] = {}
+    for s in stats:
+        for k, v in (s.get("status_dict") or {}).items():
+            if k != "success":
+                errors[k] = errors.get(k, 0) + v
+    accounted = sum(pq.ParquetFile(p).metadata.num_rows for p in job.out_dir.glob("*.parquet"))
+    detail = "" if successes == counted.ok else f"stats say {successes} successes"
+    if errors:
+        detail = (detail + f" errors {errors}").strip()
+    return Counted(counted.ok, counted.bytes, accounted, detail)
+
+
+def cert_bundle_with_system_cas(cert: Path, work: Path) -> Path:
+    """The test certificate followed by the system CA bundle (img2dataset's realistic case)."""
+    out = work / "test-cert-plus-system-cas.pem"
+    out.write_bytes(cert.read_bytes() + b"\n" + SYSTEM_CA_BUNDLE.read_bytes())
+    return out
+
+
+# ---------------------------------------------------------------- ldawt
+
+
+def ldawt_command(
+    ldawt_bin: Path,
+    urls: Path,
+    out_dir: Path,
+    *,
+    concurrency: int = 256,
+    engine: str = "local",
+    local_workers: int = 2,
+    extra: list[str] | None = None,
+) -> list[str]:
+    """The ldawt-manager command line of one benchmark row (the one place to adapt)."""
+    cmd = [
+        str(ldawt_bin), "submit", str(urls),
+        "--out", str(out_dir),
+        "--allow-private",
+        "--url-col", "photo_url",
+        "--class-col", "taxon_name",
+        "--key-col", "photo_id",
+        "--concurrency", str(concurrency),
+    ]  # fmt: skip
+    if engine != "local":
+        cmd += ["--engine", engine, "--local-workers", str(local_workers)]
+    return cmd + list(extra or [])
+
+
+def ldawt_job(
+    name: str,
+    profile: str,
+    ldawt_bin: Path,
+    urls: Path,
+    out_dir: Path,
+    rows: int,
+    *,
+    cert_file: Path | None,
+    engine: str,
+    local_workers: int,
+    extra: list[str],
+) -> Job:
+    cmd = ldawt_command(
+        ldawt_bin, urls, out_dir, engine=engine, local_workers=local_workers, extra=extra
+    )
+    env = base_env()
+    if cert_file:
+        env["SSL_CERT_FILE"] = str(cert_file)  # Python's default SSL context trusts only it
+    return Job(name, profile, cmd, env, out_dir, rows, _count_ldawt, 1800, is_ldawt=True)
+
+
+def _count_ldawt(job: Job) -> Counted:
+    """Rows and successes from the manifests, images from the tars; they must agree."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    manifests = sorted(job.out_dir.rglob("*.manifest.parquet"))
+    in_tars = count_tars(job.out_dir)
+    if not manifests:
+        return Counted(in_tars.ok, in_tars.bytes, 0, "no *.manifest.parquet found")
+    accounted = ok = 0
+    statuses: dict[str, int] = {}
+    for path in manifests:
+        t = pq.read_table(path, columns=["status"])
+        accounted += t.num_rows
+        for row in pc.value_counts(t.column("status")).to_pylist():
+            statuses[row["values"]] = statuses.get(row["values"], 0) + row["counts"]
+    ok = statuses.pop("ok", 0)
+    detail = f"failed {statuses}" if statuses else ""
+    if ok != in_tars.ok:
+        detail = f"{detail} manifests say {ok} ok, tars hold {in_tars.ok} images".strip()
+    return Counted(in_tars.ok, in_tars.bytes, accounted, detail)
+
+
+def _install_ldawt(venv: Path, log: Callable[[str], None]) -> bool:
+    """(Re)install the working tree, editable, into ``venv`` when pyproject.toml changed."""
+    import hashlib
+
+    stamp = venv / "ldawt-pyproject.sha256"
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return True
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    log(f"installing the working tree into {venv} (pip install -e)")
+    res = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-e",
+         str(REPO)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if res.returncode != 0:
+        log(f"ldawt: pip install -e failed: {res.stderr.strip()[-400:]}")
+        return False
+    stamp.write_text(digest)
+    return True
+
+
+def find_ldawt(explicit: str | None, work: Path, log: Callable[[str], None]) -> Path | None:
+    """An ``ldawt-manager`` whose ``submit --help`` works, or None (the row is then skipped).
+
+    Order: ``--ldawt-bin``; else a bench venv (``bench/.work/venv-ldawt``) with the working tree
+    installed in editable mode, created on first use."""
+    if explicit:
+        candidates = [Path(explicit)]
+    else:
+        venv = work / "venv-ldawt"
+        if not _install_ldawt(venv, log):
+            return None
+        candidates = [venv / "bin" / "ldawt-manager"]
+    for exe in candidates:
+        if not exe.exists():
+            log(f"ldawt: {exe} does not exist")
+            continue
+        try:
+            res = subprocess.run(
+                [str(exe), "submit", "--help"], capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log(f"ldawt: {exe} submit --help failed: {e}")
+            continue
+        if res.returncode == 0 and "--out" in res.stdout:
+            return exe
+        log(f"ldawt: `{exe.name} submit --help` does not work yet (exit {res.returncode}): "
+            f"{(res.stdout + res.stderr).strip()[-300:]!r}")  # fmt: skip
+    return None

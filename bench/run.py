@@ -1,0 +1,324 @@
+"""ldawt's benchmark: ldawt vs img2dataset 1.47 vs a bare aiohttp client, side by side,
+against a loopback nginx origin, in two profiles (plain HTTP; HTTPS + 40 ms first byte).
+
+    python3 bench/run.py                 # 20,000 rows, everything
+    python3 bench/run.py --rows 5000 --only bare,ldawt --profiles plain
+
+Run by hand (not part of CI). Creates its venvs under bench/.work/ on first use. See
+bench/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_WORK = BENCH_DIR / ".work"
+DEFAULT_SOURCE = REPO / ".." / "shared" / "data" / "inat_subset_45k.parquet"
+BENCH_REQUIREMENTS = BENCH_DIR / "requirements.txt"
+CLIENTS = ("bare", "img2dataset", "ldawt")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- venvs
+
+
+def _pip_install(venv_dir: Path, *args: str) -> None:
+    pip = [str(venv_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--disable-pip-version-check", *args], check=True, timeout=1800)
+
+
+def ensure_bench_venv(work: Path) -> None:
+    """Re-exec this script inside bench/.work/venv-bench (Pillow, aiohttp, uvloop, psutil,
+    pyarrow, aiofiles), creating it on first use."""
+    venv_dir = work / "venv-bench"
+    if Path(sys.prefix).resolve() == venv_dir.resolve():
+        return
+    stamp = venv_dir / "requirements.stamp"
+    want = BENCH_REQUIREMENTS.read_text()
+    if not stamp.exists() or stamp.read_text() != want:
+        log(f"preparing {venv_dir} ({', '.join(want.split())})")
+        if not (venv_dir / "bin" / "python").exists():
+            venv.EnvBuilder(with_pip=True).create(venv_dir)
+        _pip_install(venv_dir, "-r", str(BENCH_REQUIREMENTS))
+        stamp.write_text(want)
+    python = str(venv_dir / "bin" / "python")
+    os.execv(python, [python, str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def ensure_img2dataset(work: Path) -> Path:
+    venv_dir = work / "venv-img2dataset"
+    exe = venv_dir / "bin" / "img2dataset"
+    if not exe.exists():
+        log(f"creating {venv_dir} (img2dataset==1.47)")
+        venv.EnvBuilder(with_pip=True).create(venv_dir)
+        _pip_install(venv_dir, "img2dataset==1.47")
+    return exe
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="ldawt vs img2dataset vs a bare aiohttp client")
+    ap.add_argument("--rows", type=int, default=20_000, help="rows of the URL list per run")
+    ap.add_argument(
+        "--ca-bundle-rows",
+        type=int,
+        default=2_000,
+        help="rows for img2dataset with the system CA bundle (about 55/s; 0 skips the row)",
+    )
+    ap.add_argument("--profiles", default="plain,tls", help="plain,tls or one of them")
+    ap.add_argument("--only", default=",".join(CLIENTS), help="clients: bare,img2dataset,ldawt")
+    ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the real URL list")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="venvs, corpus, outputs")
+    ap.add_argument("--out-root", type=Path, help="where clients write (default WORK/out)")
+    ap.add_argument("--keep-output", action="store_true", help="keep each client's output")
+    ap.add_argument("--distinct", type=int, default=300, help="distinct JPEGs in the corpus")
+    ap.add_argument("--delay-ms", type=float, default=40.0, help="profile 2 first-byte delay")
+    ap.add_argument("--nginx-workers", type=int, default=2)
+    ap.add_argument(
+        "--i2d-shard-size",
+        type=int,
+        default=0,
+        help="img2dataset --number_sample_per_shard (default: rows/8, at most 10,000)",
+    )
+    ap.add_argument("--ldawt-bin", help="an ldawt-manager executable (default: bench venv)")
+    ap.add_argument("--ldawt-engine", default="local", choices=["local", "taskvine"])
+    ap.add_argument("--local-workers", type=int, default=2, help="taskvine engine only")
+    ap.add_argument("--ldawt-args", default="", help="extra arguments for ldawt-manager submit")
+    ap.add_argument("--writer-bench", action="store_true", help="also run writer_strategies.py")
+    return ap.parse_args(argv)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path) -> list:
+    """Every row of the benchmark, in run order; a skipped row is a (name, profile, why)."""
+    import clients
+
+    only = set(args.only.split(","))
+    jobs: list = []
+    i2d_bin = ensure_img2dataset(args.work) if "img2dataset" in only else None
+    ldawt_bin = None
+    if "ldawt" in only:
+        ldawt_bin = clients.find_ldawt(args.ldawt_bin, args.work, log)
+    shard_size = args.i2d_shard_size or max(100, min(10_000, args.rows // 8))
+    for profile in args.profiles.split(","):
+        urls = lists[profile]
+        cert = origin.cert if profile == "tls" else None
+        base = out_root / profile
+        if "bare" in only:
+            for tar in (False, True):
+                name = "bare aiohttp, tarfile" if tar else "bare aiohttp, discard"
+                out = base / ("bare-tar" if tar else "bare-discard")
+                jobs.append(
+                    clients.bare_job(name, profile, urls, out, args.rows, tar=tar, cafile=cert)
+                )
+        if i2d_bin:
+            name = "img2dataset 1.47" + (" (SSL_CERT_FILE=test cert)" if cert else "")
+            jobs.append(
+                clients.img2dataset_job(
+                    name,
+                    profile,
+                    i2d_bin,
+                    urls,
+                    base / "img2dataset",
+                    args.rows,
+                    cert_file=cert,
+                    shard_size=shard_size,
+                )
+            )
+            if cert and args.ca_bundle_rows:
+                bundle = clients.cert_bundle_with_system_cas(cert, args.work)
+                capped = lists["tls_capped"]
+                jobs.append(
+                    clients.img2dataset_job(
+                        "img2dataset 1.47 (test cert + system CAs)",
+                        profile,
+                        i2d_bin,
+                        capped,
+                        base / "img2dataset-cas",
+                        args.ca_bundle_rows,
+                        cert_file=bundle,
+                        shard_size=max(1, args.ca_bundle_rows // 4),
+                    )
+                )
+        if "ldawt" in only:
+            name = f"ldawt ({args.ldawt_engine} engine)"
+            if ldawt_bin is None:
+                jobs.append((name, profile, args.rows, "ldawt-manager submit is not available yet"))
+            else:
+                jobs.append(
+                    clients.ldawt_job(
+                        name,
+                        profile,
+                        ldawt_bin,
+                        urls,
+                        base / "ldawt",
+                        args.rows,
+                        cert_file=cert,
+                        engine=args.ldawt_engine,
+                        local_workers=args.local_workers,
+                        extra=args.ldawt_args.split(),
+                    )
+                )
+    return jobs
+
+
+def run_job(job, results: list, keep_output: bool) -> None:
+    import proctree
+    from report import Result
+
+    shutil.rmtree(job.out_dir, ignore_errors=True)
+    shutil.rmtree(job.log_dir, ignore_errors=True)
+    job.log_dir.mkdir(parents=True)
+    if not job.is_img2dataset:  # img2dataset wants to create its output folder itself
+        job.out_dir.mkdir(parents=True)
+    log(f"[{job.profile}] {job.name}: {job.rows:,} rows ...")
+    stats = proctree.run_measured(
+        job.cmd,
+        env=job.env,
+        log_path=job.log_dir / "stderr.txt",
+        stdout_path=job.log_dir / "stdout.txt",
+        timeout_s=job.timeout_s,
+    )
+    res = Result(job.profile, job.name, job.rows, is_img2dataset=job.is_img2dataset)
+    res.is_ldawt = job.is_ldawt
+    res.wall_s, res.cpu_s, res.returncode = stats.wall_s, stats.cpu_s, stats.returncode
+    res.peak_rss, res.peak_pss = stats.peak_rss, stats.peak_pss
+    try:
+        counted = job.count(job)
+        res.ok, res.bytes, res.accounted = counted.ok, counted.bytes, counted.accounted
+        res.detail = counted.detail
+    except Exception as e:  # a client that wrote nothing readable still gets its row
+        res.detail = f"could not count the output: {e!r}"
+    if stats.timed_out:
+        res.detail = f"TIMED OUT after {job.timeout_s:.0f}s; {res.detail}"
+    res.detail = " ".join([res.detail, *stats.notes]).strip()
+    if stats.returncode != 0:
+        tail = (job.log_dir / "stderr.txt").read_text(errors="replace").strip()[-300:]
+        res.detail = f"{res.detail} stderr tail: {tail!r}".strip()
+    results.append(res)
+    log(
+        f"[{job.profile}] {job.name}: {res.ok:,}/{job.rows:,} ok in {res.wall_s:.1f}s = "
+        f"{res.rate:,.0f} images/s, {res.cpu_s:.1f} CPU s, peak RSS {res.peak_rss / 1e6:.0f} MB"
+    )
+    if not keep_output:
+        shutil.rmtree(job.out_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    ensure_bench_venv(args.work)  # re-execs once
+
+    import clients
+    import corpus
+    import origin as origin_mod
+    import report
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    t_start = time.monotonic()
+    info = corpus.build_corpus(args.work / "corpus", distinct=args.distinct)
+    log(f"corpus: {info.summary()}")
+    out_root = (args.out_root or args.work / "out").resolve()
+    results: list = []
+    origin = origin_mod.Origin(
+        args.work / "nginx", info.root, args.delay_ms / 1000, args.nginx_workers
+    )
+    try:
+        origin.start()
+        log(f"nginx: {origin.http_base} (plain), {origin.https_base} (TLS, {args.delay_ms} ms)")
+        lists = corpus.write_url_lists(
+            args.source,
+            args.rows,
+            args.work / "lists",
+            {"plain": origin.http_base, "tls": origin.https_base},
+        )
+        if args.ca_bundle_rows:
+            lists["tls_capped"] = corpus.write_url_lists(
+                args.source, args.ca_bundle_rows, args.work / "lists",
+                {"tls_capped": origin.https_base},
+            )["tls_capped"]  # fmt: skip
+        sample = _sample_paths(lists["plain"], 12)
+        ttfb = origin.verify(sample, lambda p: corpus.corpus_file_for_path(info.root, p))
+        log(
+            "origin verified: bodies equal the corpus files; first byte plain "
+            f"{ttfb['plain'][len(sample) // 2] * 1e3:.2f} ms, TLS "
+            f"{min(ttfb['tls']) * 1e3:.1f}-{max(ttfb['tls']) * 1e3:.1f} ms (median of "
+            f"{len(sample)}: {ttfb['tls'][len(sample) // 2] * 1e3:.1f} ms)"
+        )
+        for job in build_jobs(args, origin, lists, out_root):
+            if isinstance(job, tuple):
+                name, profile, rows, why = job
+                log(f"[{profile}] {name}: SKIPPED - {why}")
+                results.append(report.Result(profile, name, rows, skipped=why, is_ldawt=True))
+                continue
+            run_job(job, results, args.keep_output)
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e or 'Ctrl-C'}); stopping nginx and children")
+        return 130
+    finally:
+        origin.stop()
+        if results:
+            _print_and_save(args, results, report, time.monotonic() - t_start)
+    if args.writer_bench:
+        subprocess.run([sys.executable, str(BENCH_DIR / "writer_strategies.py")], check=False)
+    del clients
+    return 0
+
+
+def _sample_paths(urls_parquet: Path, n: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    urls = pq.read_table(urls_parquet, columns=["photo_url"]).column(0).to_pylist()
+    step = max(1, len(urls) // n)
+    return ["/" + u.split("/", 3)[3] for u in urls[::step][:n]]
+
+
+def _print_and_save(args: argparse.Namespace, results: list, report, elapsed: float) -> None:
+    cmd = "python3 bench/run.py " + " ".join(sys.argv[1:])
+    text = report.render_text(results)
+    lines = report.targets(results)
+    print(text)
+    if lines:
+        print("\n== targets (issue 2)")
+        print("\n".join(lines))
+    print(f"\nwhole run: {elapsed:.0f} s; command: {cmd.strip()}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.work / "results").mkdir(exist_ok=True)
+    md = args.work / "results" / f"{stamp}.md"
+    md.write_text(
+        f"`{cmd.strip()}` ({elapsed:.0f} s)\n\n{report.render_markdown(results)}\n"
+        + "\n".join(f"- {line}" for line in lines)
+        + "\n"
+    )
+    (args.work / "results" / f"{stamp}.json").write_text(
+        json.dumps([r.as_dict() for r in results], indent=1)
+    )
+    print(f"saved {md} (markdown) and .json next to it")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
