@@ -16,11 +16,15 @@ Label values are bounded: statuses come from the closed taxonomy (anything else 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -191,6 +195,30 @@ def set_job_eta(seconds: float | None) -> None:
 
 def mark_job_start(when: float | None = None) -> None:
     JOB_START.set(time.time() if when is None else when)
+
+
+def write_worker_targets(
+    path: str | os.PathLike[str], targets: Iterable[str], labels: Mapping[str, str] | None = None
+) -> None:
+    """Write Prometheus file-based discovery for the daemons' endpoints (``host:port``, as each
+    library reports its chosen port), atomically, so Prometheus never reads half a file.
+
+    Point a ``file_sd_configs`` entry of the ``ldawt-worker`` job at ``path``; Prometheus picks
+    up every rewrite by itself.
+    """
+    destination = Path(path)
+    entry = {"targets": sorted(set(targets)), "labels": dict(labels or {})}
+    text = json.dumps([entry] if entry["targets"] else [], indent=2) + "\n"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, destination)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 _server: WSGIServer | None = None

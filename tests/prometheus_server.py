@@ -86,7 +86,7 @@ def _free_port() -> int:
 
 def write_config(
     path: Path,
-    jobs: dict[str, Sequence[str]],
+    jobs: dict[str, Sequence[str] | Path],
     scrape_interval: str,
     rule_files: Sequence[Path] = (),
 ) -> None:
@@ -97,23 +97,30 @@ def write_config(
             "evaluation_interval": scrape_interval,
         },
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": list(targets)}]}
-            for job, targets in jobs.items()
-        ],
+        "scrape_configs": [_scrape_config(job, targets) for job, targets in jobs.items()],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _scrape_config(job: str, targets: Sequence[str] | Path) -> dict[str, Any]:
+    if isinstance(targets, Path):  # file-based discovery, re-read every second
+        return {
+            "job_name": job,
+            "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
+        }
+    return {"job_name": job, "static_configs": [{"targets": list(targets)}]}
 
 
 @contextmanager
 def running_prometheus(
     workdir: Path,
-    jobs: dict[str, Sequence[str]],
+    jobs: dict[str, Sequence[str] | Path],
     scrape_interval: str = "500ms",
     rule_files: Sequence[Path] = (),
     start_timeout: float = 30.0,
 ) -> Iterator[PrometheusServer]:
-    """Run Prometheus scraping ``jobs`` (job name -> ``host:port`` targets) until the block ends."""
+    """Run Prometheus scraping ``jobs`` until the block ends. A job maps to its ``host:port``
+    targets, or to a file of targets for file-based discovery."""
     if PROMETHEUS is None:
         raise PrometheusError("prometheus is not installed")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -267,19 +267,17 @@ def test_prometheus_during_a_real_job_matches_the_manifests(tmp_path: Path, orig
             assert expected[errors.OK] == rows * 8 // 12
             assert expected["http_429"] == expected["http_500"] == rows // 12
 
-            def final(expr: str) -> dict[str, float] | None:
-                seen = server.vector(expr, "status")
-                return seen if sum(seen.values()) == rows else None
-
-            daemon = prom.wait_for(
-                lambda: final('sum by (status) (ldawt_images_total{job="ldawt-worker"})'),
+            finished = time.time()
+            prom.wait_for(
+                lambda: min(server.vector("timestamp(up)", "job").values()) > finished + 0.1,
                 20,
-                "the daemon's final counters in Prometheus",
+                "a scrape of both endpoints after the job",
             )
-            fleet = prom.wait_for(
-                lambda: final('sum by (status) (ldawt_fleet_images_total{job="ldawt-manager"})'),
-                20,
-                "the manager's relayed totals in Prometheus",
+            daemon = server.vector(
+                'sum by (status) (ldawt_images_total{job="ldawt-worker"})', "status"
+            )
+            fleet = server.vector(
+                'sum by (status) (ldawt_fleet_images_total{job="ldawt-manager"})', "status"
             )
             nonzero = {s: n for s, n in daemon.items() if n}
             assert nonzero == dict(expected), "daemon counters differ from the manifests"
@@ -312,3 +310,27 @@ def test_prometheus_during_a_real_job_matches_the_manifests(tmp_path: Path, orig
             job.kill()
             job.wait(timeout=10)
         log.close()
+
+
+def test_file_discovery_follows_the_targets_the_manager_writes(
+    tmp_path: Path, daemon_endpoint: int
+) -> None:
+    targets = tmp_path / "targets" / "workers.json"
+    manager_metrics.write_worker_targets(targets, [])
+    jobs: dict[str, Any] = {"ldawt-worker": targets}
+    with prom.running_prometheus(tmp_path / "prometheus", jobs) as server:
+        instance = f"{LOOPBACK}:{daemon_endpoint}"
+        manager_metrics.write_worker_targets(targets, [instance, instance], {"site": "test"})
+        up = prom.wait_for(
+            lambda: server.vector('up{job="ldawt-worker",site="test"}', "instance") or None,
+            30,
+            "the written target to be scraped",
+        )
+        assert up == {instance: 1.0}
+        manager_metrics.write_worker_targets(targets, [])
+
+        def active() -> list[dict[str, Any]]:
+            return server.api("targets", state="active")["activeTargets"]
+
+        prom.wait_for(lambda: not active(), 30, "the removed target to be dropped")
+    assert json.loads(targets.read_text()) == []
