@@ -31,6 +31,9 @@ from .runtime import get_runtime
 
 Progress = Callable[[dict[str, Any]], None]
 INPUT_COLUMNS = ("row", "url", "class", "key", "label")
+# Optional input column: the job-wide row number of the row in this shard that fetches this row's
+# URL. Such a row is not fetched; its manifest row points at the original's outcome.
+DUPLICATE_OF = "dup_of"
 PROGRESS_INTERVAL_S = 1.0
 # Time granted after the shard's own deadline to cancel downloads and commit what is done.
 COMMIT_GRACE_S = 120.0
@@ -130,7 +133,9 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
     metrics.SHARDS_STARTED.inc()
     metrics.LIBRARY_CALLS.inc()
     table = await asyncio.to_thread(pq.read_table, spec.input_path)
-    rows = table.select(list(INPUT_COLUMNS)).to_pylist()
+    has_duplicates = DUPLICATE_OF in table.column_names
+    rows = table.select([*INPUT_COLUMNS, *([DUPLICATE_OF] if has_duplicates else [])]).to_pylist()
+    duplicates = _duplicates(rows) if has_duplicates else {}
     passthrough = table.select(list(spec.passthrough)) if spec.passthrough else None
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
 
@@ -141,7 +146,7 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
     reporter = asyncio.create_task(_report_progress(spec.shard_id, tally, progress))
     timed_out = False
     try:
-        pending = iter(range(len(rows)))
+        pending = (index for index in range(len(rows)) if index not in duplicates)
 
         async def download_rows() -> None:
             for index in pending:
@@ -160,10 +165,14 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
         except TimeoutError:
             timed_out = True
         for index, outcome in enumerate(outcomes):
-            if outcome is None:
+            if outcome is None and index not in duplicates:
                 outcomes[index] = _manifest_row(rows[index], None, errors.CANCELLED)
                 tally.add(outcomes[index], None)
         await asyncio.to_thread(writer.commit)
+        # after the commit: the originals' sha256 are set by the writer thread
+        for index, original in duplicates.items():
+            outcomes[index] = _duplicate_row(rows[index], outcomes[original])
+            tally.add(outcomes[index], None)
     except BaseException:
         await asyncio.to_thread(writer.abort)
         raise
@@ -254,6 +263,33 @@ def _manifest_row(
             content_type=download.content_type,
             elapsed_ms=download.elapsed_ms,
         )
+    return outcome
+
+
+def _duplicates(rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Index of each duplicate row -> index of the row fetching its URL. A row whose original
+    is not in this shard is fetched itself."""
+    index_of = {row["row"]: index for index, row in enumerate(rows)}
+    return {
+        index: index_of[row[DUPLICATE_OF]]
+        for index, row in enumerate(rows)
+        if row[DUPLICATE_OF] is not None and row[DUPLICATE_OF] in index_of
+    }
+
+
+def _duplicate_row(row: dict[str, Any], original: dict[str, Any]) -> dict[str, Any]:
+    """A duplicate shares the original's member when it was fetched, else its failure."""
+    fetched = original["status"] == errors.OK
+    outcome = _manifest_row(row, None, errors.DUPLICATE if fetched else original["status"])
+    outcome.update(
+        duplicate_of=original["row"],
+        http_status=original.get("http_status"),
+        error=None if fetched else f"same URL as row {original['row']}: {original.get('error')}",
+        attempts=0,
+        sha256=original.get("sha256"),
+        content_type=original.get("content_type"),
+        member=original.get("member"),
+    )
     return outcome
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from ldawt.daemon.fetcher.options import FetchOptions
 
 from . import demo
+from .config import apply_config
 from .engines import add_engine_options, make_engine
 from .inputs import InputError
-from .plan import JOB_SUBDIR, PlanOptions
+from .job import JOB_SUBDIR
+from .plan import STRATEGIES, PlanOptions
 from .submit import JobRequest, run_job
 
 DEFAULTS = FetchOptions()
@@ -47,7 +49,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "--passthrough",
         type=_csv,
         default=(),
-        help="comma-separated input columns copied into the manifests",
+        help="comma-separated input columns copied into the manifests (default: none)",
     )
 
     out = parser.add_argument_group("output")
@@ -58,13 +60,28 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         help="rows per shard (default: %(default)s)",
     )
     out.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=PLAN_DEFAULTS.strategy,
+        help="fixed = runs of --shard-size consecutive rows; class = whole classes spread "
+        "greedily over --groups shards of near-equal size (default: %(default)s)",
+    )
+    out.add_argument(
+        "--groups",
+        type=_positive_int,
+        default=None,
+        help="strategy class: number of shards (default: rows / --shard-size)",
+    )
+    out.add_argument(
         "--layout",
         choices=("class", "webdataset"),
         default=PLAN_DEFAULTS.layout,
         help="tar layout: class = <class>/<key>.<ext> (ImageFolder); "
         "webdataset = <key>.<ext> + <key>.json + <key>.cls (default: %(default)s)",
     )
-    out.add_argument("--compress", action="store_true", help="write .tar.gz instead of .tar")
+    out.add_argument(
+        "--compress", action="store_true", help="write .tar.gz instead of .tar (default: off)"
+    )
     out.add_argument(
         "--deadline",
         type=float,
@@ -119,13 +136,41 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument(
         "--allow-private",
         action="store_true",
-        help="allow loopback and private addresses (link-local is always refused)",
+        help="allow loopback and private addresses (link-local is always refused; default: off)",
     )
-    fetch.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     fetch.add_argument(
-        "--ca-file", help="trust the certificates in this PEM file instead of the system's"
+        "--insecure", action="store_true", help="do not verify TLS certificates (default: off)"
+    )
+    fetch.add_argument(
+        "--ca-file",
+        help="trust the certificates in this PEM file instead of the system's (default: none)",
     )
 
+    job = parser.add_argument_group("job")
+    job.add_argument(
+        "--shard-retries",
+        type=int,
+        default=2,
+        help="times a failed shard runs again within one run; a rerun of the command retries "
+        "it further (default: %(default)s)",
+    )
+    job.add_argument(
+        "--force-new",
+        action="store_true",
+        help="when OUT holds a job with other inputs or options, discard it and its shard files "
+        "and start over (default: off, such a job is refused)",
+    )
+    _add_run_options(parser)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="a TOML or JSON file of option defaults: keys are option names (shard_size or "
+        "shard-size), or the seed's keys parquets_directory, url_col, class_col, "
+        "timeout_minutes, max_retries, port_number; flags override them (default: none)",
+    )
     add_engine_options(parser)
 
 
@@ -144,6 +189,8 @@ def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobReques
     )
     plan = PlanOptions(
         shard_size=args.shard_size,
+        strategy=args.strategy,
+        groups=args.groups,
         layout=args.layout,
         compress=args.compress,
         deadline_s=args.deadline,
@@ -157,6 +204,8 @@ def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobReques
         args.key_col,
         args.passthrough,
         plan,
+        args.force_new,
+        args.shard_retries,
     )
 
 
@@ -174,8 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan INPUT into shards and download them into OUT: per shard a tar of images, "
         "a manifest (.manifest.parquet, one row per input row) and a stats file.",
     )
-    submit.add_argument("input", type=Path, help="a parquet or CSV file, or a folder of them")
-    submit.add_argument("--out", type=Path, required=True, help="output folder")
+    submit.add_argument(
+        "input",
+        type=Path,
+        nargs="?",
+        help="a parquet or CSV file, or a folder of them (config key: parquets_directory)",
+    )
+    submit.add_argument("--out", type=Path, help="output folder (required)")
     _add_job_options(submit)
 
     demo_cmd = commands.add_parser(
@@ -198,9 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("command", nargs="?")
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if known.command in commands.choices:
+            apply_config(known.config, commands.choices[known.command])
+    args = parser.parse_args(argv)
+    if args.command == "submit" and (args.input is None or args.out is None):
+        parser.error("submit needs INPUT and --out (on the command line or in --config)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = _parse(argv)
         if args.command == "submit":
             return run_job(_request(args, args.input, args.out), make_engine(args))
         return _demo(args)
@@ -215,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 def _demo(args: argparse.Namespace) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="ldawt-demo-"))
     args.allow_private = True
+    args.force_new = True  # the origin's port, hence every URL, is new each time
     with demo.serve_in_background(demo.demo_app()) as port:
         url_col = args.url_col or "photo_url"
         listing = demo.rewrite_hosts(

@@ -1,13 +1,15 @@
 """Reading URL tables: one parquet or CSV file or a folder of them, in streaming batches, and
-mapping their columns onto url / class / key."""
+mapping their columns onto the shard columns row / url / class / key / label."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -15,7 +17,10 @@ TABLE_SUFFIXES = (".parquet", ".pq", ".csv")
 URL_DEFAULT = "photo_url"
 CLASS_CANDIDATES = ("taxon_name", "species_name", "class", "label", "name")
 KEY_CANDIDATES = ("photo_id", "key", "id")
+UNKNOWN_CLASS = "unknown"
 BATCH_ROWS = 65_536
+# Rows per CSV byte, for sizing the planner's partitions only.
+CSV_BYTES_PER_ROW = 64
 
 
 class InputError(ValueError):
@@ -28,6 +33,18 @@ class ColumnMap:
     class_: str | None
     key: str | None
     passthrough: tuple[str, ...] = ()
+
+    def wanted(self) -> list[str]:
+        names = [self.url, self.class_, self.key, *self.passthrough]
+        return list(dict.fromkeys(n for n in names if n))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "url": self.url,
+            "class": self.class_,
+            "key": self.key,
+            "passthrough": list(self.passthrough),
+        }
 
 
 def list_input_files(path: Path) -> list[Path]:
@@ -44,9 +61,15 @@ def list_input_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _is_csv(path: Path) -> bool:
+    return path.suffix.lower() == ".csv"
+
+
 def read_schema(path: Path) -> pa.Schema:
     try:
-        if path.suffix.lower() == ".csv":
+        if path.stat().st_size == 0:
+            raise InputError(f"{path} is empty (0 bytes)")
+        if _is_csv(path):
             with pacsv.open_csv(path) as reader:
                 return reader.schema
         return pq.read_schema(path)
@@ -54,13 +77,26 @@ def read_schema(path: Path) -> pa.Schema:
         raise InputError(f"cannot read {path} as a table: {exc}") from exc
 
 
+def estimate_rows(files: list[Path]) -> int:
+    """Exact for parquet (its footer), a guess from the size for CSV."""
+    total = 0
+    for path in files:
+        if _is_csv(path):
+            total += path.stat().st_size // CSV_BYTES_PER_ROW
+        else:
+            total += pq.ParquetFile(path).metadata.num_rows
+    return total
+
+
 def iter_batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     """The chosen columns of ``path`` in batches; memory does not grow with the file."""
     try:
-        if path.suffix.lower() == ".csv":
-            with pacsv.open_csv(
-                path, convert_options=pacsv.ConvertOptions(include_columns=columns)
-            ) as reader:
+        if _is_csv(path):
+            # Column types are inferred from the first block only: read URLs and names as text.
+            convert = pacsv.ConvertOptions(
+                include_columns=columns, column_types=dict.fromkeys(columns, pa.string())
+            )
+            with pacsv.open_csv(path, convert_options=convert) as reader:
                 yield from reader
         else:
             yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
@@ -86,9 +122,7 @@ def resolve_columns(
         return name
 
     url_col = require(url or URL_DEFAULT, "URL")
-    url_type = schema.field(url_col).type
-    if not (pa.types.is_string(url_type) or pa.types.is_large_string(url_type)):
-        raise InputError(f"URL column {url_col!r} holds {url_type}, not text URLs")
+    _require_text(schema, url_col)
     class_col = (
         require(class_, "class")
         if class_
@@ -100,3 +134,88 @@ def resolve_columns(
     for name in passthrough:
         require(name, "passthrough")
     return ColumnMap(url_col, class_col, key_col, tuple(passthrough))
+
+
+def _require_text(schema: pa.Schema, url_col: str) -> None:
+    url_type = schema.field(url_col).type
+    if not (pa.types.is_string(url_type) or pa.types.is_large_string(url_type)):
+        raise InputError(f"URL column {url_col!r} holds {url_type}, not text URLs")
+
+
+def check_files(files: list[Path], columns: ColumnMap) -> None:
+    """Every file must hold the mapped columns (the first file chose them)."""
+    for path in files:
+        schema = read_schema(path)
+        missing = [name for name in columns.wanted() if name not in schema.names]
+        if missing:
+            raise InputError(
+                f"{path} lacks column(s) {', '.join(missing)}; the columns present are: "
+                f"{', '.join(schema.names)}"
+            )
+        if not _is_csv(path):
+            _require_text(schema, columns.url)
+
+
+def key_from_url(url: str | None, row: int) -> str:
+    """A key for rows without a key: the id in iNaturalist-style paths
+    (``/photos/<id>/<size>.jpg``), otherwise the last two path segments without extension."""
+    if not url:
+        return f"row{row}"
+    segments = [s for s in urlsplit(url).path.split("/") if s]
+    if not segments:
+        return f"row{row}"
+    segments[-1] = segments[-1].rsplit(".", 1)[0]
+    if len(segments) >= 2 and segments[-2].isdigit():
+        return segments[-2]
+    return "_".join(segments[-2:])
+
+
+class Labeler:
+    """Class name -> integer label, numbered in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+
+    def labels(self, classes: pa.Array) -> pa.Array:
+        encoded = pc.dictionary_encode(classes)
+        ids = [
+            self.index.setdefault(name, len(self.index)) for name in encoded.dictionary.to_pylist()
+        ]
+        return pc.take(pa.array(ids, pa.int64()), encoded.indices)
+
+
+def shard_tables(files: list[Path], columns: ColumnMap, labeler: Labeler) -> Iterator[pa.Table]:
+    """Input batches converted to the shard columns (``row url class key label`` and the
+    passthrough columns), in input order; ``row`` numbers rows across all files."""
+    next_row = 0
+    for path in files:
+        for batch in iter_batches(path, columns.wanted()):
+            n = batch.num_rows
+            numbers = range(next_row, next_row + n)
+            urls = batch.column(columns.url).cast(pa.string())
+            if columns.class_:
+                classes = pc.fill_null(
+                    batch.column(columns.class_).cast(pa.string()), UNKNOWN_CLASS
+                )
+            else:
+                classes = pa.array([UNKNOWN_CLASS] * n, pa.string())
+            keys = (
+                batch.column(columns.key).cast(pa.string())
+                if columns.key
+                else pa.nulls(n, pa.string())
+            )
+            if keys.null_count:
+                keys = pa.array(
+                    [
+                        k if k is not None else key_from_url(u, r)
+                        for k, u, r in zip(keys.to_pylist(), urls.to_pylist(), numbers, strict=True)
+                    ],
+                    pa.string(),
+                )
+            arrays = [pa.array(numbers, pa.int64()), urls, classes, keys, labeler.labels(classes)]
+            names = ["row", "url", "class", "key", "label"]
+            for name in columns.passthrough:
+                arrays.append(batch.column(name))
+                names.append(name)
+            yield pa.Table.from_arrays(arrays, names=names)
+            next_row += n

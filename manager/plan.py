@@ -1,169 +1,265 @@
-"""Planning: turn input tables into shard input files and shard specs, streaming.
+"""Planning: turn rows into shard input files, in bounded memory.
 
 Each shard input is a small parquet file with the columns the daemon reads (``row``, ``url``,
-``class``, ``key``, ``label``) plus the passthrough columns. Rows keep their input order and a
-job-wide ``row`` number; class labels are numbered in order of first appearance, so the same
-inputs and options always give the same shards.
+``class``, ``key``, ``label``, ``dup_of``) plus the passthrough columns, sorted by ``row``.
+
+Duplicate URLs are found without holding every URL in memory, in three passes over spill files:
+
+1. rows are spread over partitions by a hash of their URL (rows of one URL meet in one partition);
+2. each partition, sorted by URL, marks every repeat of a URL with ``dup_of`` (the first row of the
+   URL) and gives every row its shard key, a duplicate taking its original's key so that both land
+   in the same shard; rows then go to blocks by key;
+3. blocks, in key order, are sorted and cut into shards, numbered in that order.
+
+Memory is bounded by the size of a partition or a block, not by the row count. The result does not
+depend on the partitioning (a per-process string hash) nor on batch sizes: the same rows and
+options always give the same shards.
+
+Shard keys: strategy ``fixed`` cuts the rows into runs of ``shard_size`` consecutive rows;
+strategy ``class`` assigns whole classes greedily (largest first, to the smallest group) to
+``groups`` groups of near-equal size, one shard each, like the seed's SplitParquet.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import heapq
+import math
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ldawt.daemon.fetcher.options import FetchOptions
+from ldawt.daemon.shard import DUPLICATE_OF
 
-from .inputs import ColumnMap, iter_batches
+from .inputs import UNKNOWN_CLASS
 
-UNKNOWN_CLASS = "unknown"
-JOB_SUBDIR = "job"
+STRATEGIES = ("fixed", "class")
+SHARD_COLUMNS = ("row", "url", "class", "key", "label", DUPLICATE_OF)
+# Rows per partition and per block: bounds the planner's memory (a few hundred MB at most).
+SPILL_ROWS = 400_000
+_KEY = "_key"
 
 
 @dataclass(frozen=True)
 class PlanOptions:
     shard_size: int = 5000
+    strategy: str = "fixed"
+    groups: int | None = None
+    """Strategy ``class``: the number of groups (shards); default rows / shard_size."""
     layout: str = "class"
     compress: bool = False
     deadline_s: float = 3600.0
     fetch: FetchOptions = field(default_factory=FetchOptions)
 
+    def shaping(self) -> dict[str, Any]:
+        """The options that decide which rows go where and how outputs look; a job keeps them."""
+        return {
+            "shard_size": self.shard_size,
+            "strategy": self.strategy,
+            "groups": self.groups,
+            "layout": self.layout,
+            "compress": self.compress,
+        }
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    shard_id: str
+    input_path: Path
+    rows: int
+
 
 @dataclass
-class Plan:
-    specs: list[dict[str, Any]]
-    rows: int
-    classes: list[str]
+class PlanStats:
+    rows: int = 0
+    bad_url: int = 0
+    duplicates: int = 0
+    classes: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "bad_url": self.bad_url,
+            "duplicates": self.duplicates,
+            "classes": len(self.classes),
+            "unknown_class": self.classes.get(UNKNOWN_CLASS, 0),
+        }
 
 
-def key_from_url(url: str | None, row: int) -> str:
-    """A key for rows without a key column: the id in iNaturalist-style paths
-    (``/photos/<id>/<size>.jpg``), otherwise the last two path segments without extension."""
-    if not url:
-        return f"row{row}"
-    segments = [s for s in urlsplit(url).path.split("/") if s]
-    if not segments:
-        return f"row{row}"
-    segments[-1] = segments[-1].rsplit(".", 1)[0]
-    if len(segments) >= 2 and segments[-2].isdigit():
-        return segments[-2]
-    return "_".join(segments[-2:])
+def bad_url_mask(urls: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """True where a URL is null or blank: such rows are not fetched (status ``bad_url``)."""
+    return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(urls), ""), True)
 
 
-class _Labeler:
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-
-    def labels(self, classes: pa.Array) -> pa.Array:
-        encoded = pc.dictionary_encode(classes)
-        ids = [
-            self.index.setdefault(name, len(self.index)) for name in encoded.dictionary.to_pylist()
-        ]
-        return pc.take(pa.array(ids, pa.int64()), encoded.indices)
-
-
-def _shard_rows(files: list[Path], columns: ColumnMap, labeler: _Labeler) -> Iterator[pa.Table]:
-    """Input batches converted to the daemon's columns, in input order."""
-    wanted = [
-        columns.url,
-        *([columns.class_] if columns.class_ else []),
-        *([columns.key] if columns.key else []),
-        *columns.passthrough,
-    ]
-    wanted = list(dict.fromkeys(wanted))
-    next_row = 0
-    for path in files:
-        for batch in iter_batches(path, wanted):
-            n = batch.num_rows
-            rows = pa.array(range(next_row, next_row + n), pa.int64())
-            urls = batch.column(columns.url).cast(pa.string())
-            if columns.class_:
-                classes = pc.fill_null(
-                    batch.column(columns.class_).cast(pa.string()), UNKNOWN_CLASS
-                )
-            else:
-                classes = pa.array([UNKNOWN_CLASS] * n, pa.string())
-            if columns.key:
-                keys = batch.column(columns.key).cast(pa.string())
-                if keys.null_count:
-                    keys = pa.array(
-                        [
-                            k if k is not None else key_from_url(u, r)
-                            for k, u, r in zip(
-                                keys.to_pylist(),
-                                urls.to_pylist(),
-                                range(next_row, next_row + n),
-                                strict=True,
-                            )
-                        ],
-                        pa.string(),
-                    )
-            else:
-                keys = pa.array(
-                    [
-                        key_from_url(u, r)
-                        for u, r in zip(
-                            urls.to_pylist(), range(next_row, next_row + n), strict=True
-                        )
-                    ],
-                    pa.string(),
-                )
-            arrays = [rows, urls, classes, keys, labeler.labels(classes)]
-            names = ["row", "url", "class", "key", "label"]
-            for name in columns.passthrough:
-                arrays.append(batch.column(name))
-                names.append(name)
-            yield pa.Table.from_arrays(arrays, names=names)
-            next_row += n
+def balance_classes(counts: dict[str, int], groups: int) -> dict[str, int]:
+    """Class -> group: whole classes, largest first, each to the group with fewest rows."""
+    heap = [(0, group) for group in range(groups)]
+    assignment: dict[str, int] = {}
+    for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        size, group = heapq.heappop(heap)
+        assignment[name] = group
+        heapq.heappush(heap, (size + count, group))
+    return assignment
 
 
-def plan_job(files: list[Path], columns: ColumnMap, out_dir: Path, options: PlanOptions) -> Plan:
-    """Write the shard inputs under ``out_dir/job/shards`` and return the shard specs."""
-    shard_dir = out_dir / JOB_SUBDIR / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    labeler = _Labeler()
-    specs: list[dict[str, Any]] = []
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    total = 0
+class _Spill:
+    """Arrow IPC files under one folder, one per integer bucket, opened on first write."""
 
-    def flush(table: pa.Table) -> None:
-        shard_id = f"{len(specs):05d}"
-        input_path = shard_dir / f"{shard_id}.parquet"
-        pq.write_table(table, input_path)
-        specs.append(
-            {
-                "shard_id": shard_id,
-                "input_path": str(input_path),
-                "output_dir": str(out_dir),
-                "layout": options.layout,
-                "compress": options.compress,
-                "passthrough": list(columns.passthrough),
-                "fetch": options.fetch.to_dict(),
-                "deadline_s": options.deadline_s,
-            }
-        )
+    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+        self.folder = folder
+        self.schema = schema
+        self._writers: dict[int, ipc.RecordBatchFileWriter] = {}
+        folder.mkdir(parents=True)
 
-    for table in _shard_rows(files, columns, labeler):
-        total += table.num_rows
-        pending.append(table)
-        pending_rows += table.num_rows
-        while pending_rows >= options.shard_size:
-            combined = pa.concat_tables(pending)
-            flush(combined.slice(0, options.shard_size))
-            rest = combined.slice(options.shard_size)
-            pending, pending_rows = [rest], rest.num_rows
-    if pending_rows:
-        flush(pa.concat_tables(pending))
-    classes = list(labeler.index)
-    (out_dir / JOB_SUBDIR / "classes.json").write_text(
-        json.dumps(classes, ensure_ascii=False, indent=0) + "\n"
+    def write(self, table: pa.Table, buckets: pa.Array) -> None:
+        """Append the rows of ``table`` to the files named by ``buckets`` (one per row)."""
+        if table.num_rows == 0:
+            return
+        order = pc.sort_indices(buckets)
+        table, buckets = table.take(order), buckets.take(order)
+        values = pc.value_counts(buckets)
+        start = 0
+        for item in sorted(values.to_pylist(), key=lambda v: v["values"]):
+            bucket, count = item["values"], item["counts"]
+            self._writer(bucket).write_table(table.slice(start, count))
+            start += count
+
+    def _writer(self, bucket: int) -> ipc.RecordBatchFileWriter:
+        if bucket not in self._writers:
+            self._writers[bucket] = ipc.new_file(self.folder / f"{bucket:06d}.arrow", self.schema)
+        return self._writers[bucket]
+
+    def close(self) -> list[int]:
+        for writer in self._writers.values():
+            writer.close()
+        return sorted(self._writers)
+
+    def read(self, bucket: int) -> pa.Table:
+        with pa.memory_map(str(self.folder / f"{bucket:06d}.arrow")) as source:
+            return ipc.open_file(source).read_all()
+
+
+def _sort_by_url(table: pa.Table) -> pa.Table:
+    return table.take(pc.sort_indices(table, [("url", "ascending"), ("row", "ascending")]))
+
+
+def _mark_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Array]:
+    """Sort a partition by URL; return it with ``dup_of`` set, and each row's original row."""
+    table = _sort_by_url(table)
+    urls, rows = table.column("url").combine_chunks(), table.column("row")
+    bad = bad_url_mask(urls)
+    previous = pa.concat_arrays([pa.nulls(1, urls.type), urls.slice(0, len(urls) - 1)])
+    repeat = pc.and_(pc.fill_null(pc.equal(urls, previous), False), pc.invert(bad))
+    originals = pc.fill_null_forward(pc.if_else(repeat, pa.scalar(None, pa.int64()), rows))
+    dup_of = pc.if_else(repeat, originals, pa.scalar(None, pa.int64()))
+    return table.append_column(DUPLICATE_OF, dup_of), originals
+
+
+def _original_classes(table: pa.Table) -> pa.Array:
+    """The class of each row's original (rows in URL order, ``dup_of`` set)."""
+    repeat = pc.is_valid(table.column(DUPLICATE_OF))
+    return pc.fill_null_forward(
+        pc.if_else(repeat, pa.scalar(None, pa.string()), table.column("class"))
     )
-    return Plan(specs=specs, rows=total, classes=classes)
+
+
+class ShardWriter:
+    """Writes planned rows into shard input files; see the module docstring."""
+
+    def __init__(
+        self, shard_dir: Path, spill_dir: Path, options: PlanOptions, prefix: str = ""
+    ) -> None:
+        self.shard_dir = shard_dir
+        self.spill_dir = spill_dir
+        self.options = options
+        self.prefix = prefix
+        self.stats = PlanStats()
+
+    def write(self, tables: Iterable[pa.Table], expected_rows: int) -> list[PlannedShard]:
+        """Plan ``tables`` (columns ``row url class key label`` + passthrough); ``expected_rows``
+        only sizes the partitions."""
+        if self.spill_dir.exists():
+            shutil.rmtree(self.spill_dir)
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            partitions = self._partition(tables, max(1, math.ceil(expected_rows / SPILL_ROWS)))
+            blocks = self._to_blocks(partitions)
+            return list(self._cut(blocks))
+        finally:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def _partition(self, tables: Iterable[pa.Table], count: int) -> tuple[_Spill, list[int]]:
+        spill: _Spill | None = None
+        for table in tables:
+            if spill is None:
+                spill = _Spill(self.spill_dir / "partitions", table.schema)
+            table = table.cast(spill.schema)
+            self.stats.rows += table.num_rows
+            self.stats.bad_url += pc.sum(bad_url_mask(table.column("url"))).as_py() or 0
+            for item in pc.value_counts(table.column("class")).to_pylist():
+                self.stats.classes[item["values"]] += item["counts"]
+            if count == 1:
+                buckets = pa.array([0] * table.num_rows, pa.int64())
+            else:
+                buckets = pa.array(
+                    [hash(url) % count for url in table.column("url").to_pylist()], pa.int64()
+                )
+            spill.write(table, buckets)
+        if spill is None:
+            return _Spill(self.spill_dir / "partitions", pa.schema([])), []
+        return spill, spill.close()
+
+    def _key_of_original(self, table: pa.Table, originals: pa.Array) -> pa.Array:
+        size = self.options.shard_size
+        if self.options.strategy == "fixed":
+            return pc.divide(originals, size)
+        groups = self.options.groups or max(1, math.ceil(self.stats.rows / size))
+        assignment = balance_classes(dict(self.stats.classes), groups)
+        names = pa.array(list(assignment), pa.string())
+        group_ids = pa.array(list(assignment.values()), pa.int64())
+        return pc.take(group_ids, pc.index_in(_original_classes(table), value_set=names))
+
+    def _to_blocks(self, partitions: tuple[_Spill, list[int]]) -> tuple[_Spill, list[int]]:
+        spill, buckets = partitions
+        keys_per_block = max(1, SPILL_ROWS // self.options.shard_size)
+        blocks: _Spill | None = None
+        for bucket in buckets:
+            table, originals = _mark_duplicates(spill.read(bucket))
+            self.stats.duplicates += pc.count(table[DUPLICATE_OF]).as_py()
+            keys = self._key_of_original(table, originals)
+            table = table.append_column(_KEY, keys)
+            if blocks is None:
+                blocks = _Spill(self.spill_dir / "blocks", table.schema)
+            blocks.write(table, pc.divide(keys, keys_per_block))
+        if blocks is None:
+            return spill, []
+        return blocks, blocks.close()
+
+    def _cut(self, blocks: tuple[_Spill, list[int]]) -> Iterator[PlannedShard]:
+        spill, buckets = blocks
+        number = 0
+        for bucket in buckets:
+            table = spill.read(bucket)
+            table = table.take(pc.sort_indices(table, [(_KEY, "ascending"), ("row", "ascending")]))
+            keys = table.column(_KEY)
+            table = table.select([*SHARD_COLUMNS, *_passthrough(table)])
+            start = 0
+            for item in pc.run_end_encode(keys.combine_chunks()).run_ends.to_pylist():
+                shard_id = f"{self.prefix}{number:05d}"
+                path = self.shard_dir / f"{shard_id}.parquet"
+                pq.write_table(table.slice(start, item - start), path)
+                yield PlannedShard(shard_id, path, item - start)
+                number += 1
+                start = item
+
+
+def _passthrough(table: pa.Table) -> list[str]:
+    return [name for name in table.column_names if name not in (*SHARD_COLUMNS, _KEY)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from typing import Any, TextIO
 
 from ldawt.daemon.fetcher import errors
@@ -20,6 +21,10 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
+    """Rows and shards of one run. Rows are counted as engines report them (in-shard deltas,
+    or only the final result when an engine cannot see inside a shard); rows of a shard that
+    fails are taken back, since the shard runs again."""
+
     def __init__(
         self,
         total_rows: int,
@@ -41,21 +46,38 @@ class Progress:
         self._started = time.monotonic()
         self._session_rows = 0
         self._last_render = 0.0
+        self._seen: dict[str, Counter[str]] = {}
+        self._seen_bytes: Counter[str] = Counter()
 
     def add(self, delta: dict[str, Any]) -> None:
         """Count a progress delta (``counts`` status -> rows, ``bytes``) from a running shard."""
-        for status, n in delta.get("counts", {}).items():
+        counts = delta.get("counts", {})
+        self._seen.setdefault(delta["shard_id"], Counter()).update(counts)
+        self._seen_bytes[delta["shard_id"]] += delta.get("bytes", 0)
+        self._count(counts, delta.get("bytes", 0))
+        self.render()
+
+    def _count(self, counts: dict[str, int], nbytes: int) -> None:
+        for status, n in counts.items():
             self.rows += n
             self._session_rows += n
             if status in (errors.OK, errors.DUPLICATE):
                 self.ok += n
             else:
                 self.failed += n
-        self.bytes += delta.get("bytes", 0)
-        self.render()
+        self.bytes += nbytes
 
-    def shard_finished(self) -> None:
-        self.shards += 1
+    def shard_finished(self, result: dict[str, Any], committed: bool) -> None:
+        seen = self._seen.pop(result["shard_id"], Counter())
+        seen_bytes = self._seen_bytes.pop(result["shard_id"], 0)
+        if committed:
+            rest = Counter(result.get("counts", {}))
+            rest.subtract(seen)
+            # downloaded bytes stay counted either way: they measure the transfer rate
+            self._count(dict(+rest), max(0, result.get("bytes", 0) - seen_bytes))
+            self.shards += 1
+        else:
+            self._count({status: -n for status, n in seen.items()}, 0)
         self.render()
 
     def line(self) -> str:

@@ -1,12 +1,12 @@
-"""`ldawt-manager submit`: plan the job, run its shards on an engine, show progress, summarise."""
+"""`ldawt-manager submit`: plan a job once, then run its unfinished shards; rerun to resume."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -14,9 +14,23 @@ from typing import Any, TextIO
 from ldawt.daemon.fetcher import errors
 
 from .engines import Engine
-from .inputs import ColumnMap, InputError, list_input_files, read_schema, resolve_columns
-from .plan import JOB_SUBDIR, PlanOptions, plan_job
+from .inputs import (
+    ColumnMap,
+    InputError,
+    Labeler,
+    check_files,
+    estimate_rows,
+    list_input_files,
+    read_schema,
+    resolve_columns,
+    shard_tables,
+)
+from .job import Job, JobIdentity
+from .ledger import DONE, Ledger
+from .outputs import reconcile, stop_orphans
+from .plan import PlanOptions, ShardWriter
 from .progress import Progress, format_duration
+from .runner import run_pending
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,8 @@ class JobRequest:
     key_col: str | None
     passthrough: tuple[str, ...]
     plan: PlanOptions
+    force_new: bool = False
+    shard_retries: int = 2
 
 
 def prepare_output(out: Path) -> None:
@@ -41,90 +57,174 @@ def prepare_output(out: Path) -> None:
         raise InputError(f"output folder {out} is not writable")
 
 
-def shard_is_complete(spec: dict[str, Any]) -> bool:
-    return (Path(spec["output_dir"]) / f"{spec['shard_id']}_stats.json").exists()
-
-
 def run_job(request: JobRequest, engine: Engine, stream: TextIO = sys.stderr) -> int:
-    """Plan and run a job; returns the process exit status (0: every shard committed)."""
+    """Plan (unless already planned) and run a job; returns the exit status (0: all done)."""
     files = list_input_files(request.input)
-    columns: ColumnMap = resolve_columns(
+    columns = resolve_columns(
         read_schema(files[0]),
         request.url_col,
         request.class_col,
         request.key_col,
         request.passthrough,
     )
+    check_files(files, columns)
     prepare_output(request.out)
+    identity = JobIdentity.of(files, columns, request.plan)
+    job = Job(request.out)
+    with job.lock():
+        ledger = job.open_ledger()
+        try:
+            ledger = _resume_or_replace(job, ledger, identity, request.force_new, stream)
+            orphans = stop_orphans(job)
+            if orphans:
+                print(
+                    f"ldawt: stopped {len(orphans)} worker process(es) a killed manager of this "
+                    "job left running",
+                    file=stream,
+                )
+            if ledger.meta("identity") is None:
+                plan(job, ledger, files, columns, identity, request.plan, stream)
+            return execute(
+                job,
+                ledger,
+                engine,
+                request.plan,
+                list(columns.passthrough),
+                request.shard_retries,
+                stream,
+            )
+        finally:
+            ledger.close()
+
+
+def _resume_or_replace(
+    job: Job, ledger: Ledger, identity: JobIdentity, force_new: bool, stream: TextIO
+) -> Ledger:
+    recorded = ledger.meta("identity")
+    if recorded is None:
+        return ledger
+    differences = identity.differences(recorded)
+    if not differences:
+        print(f"ldawt: resuming the job in {job.out}", file=stream)
+        return ledger
+    if not force_new:
+        raise InputError(
+            f"{job.out} holds a job planned from other inputs or options:\n  - "
+            + "\n  - ".join(differences)
+            + "\nrerun with the original inputs and options to resume it, or pass --force-new "
+            "to discard it (its shard files too) and start over"
+        )
+    print(f"ldawt: --force-new: discarding the job in {job.out}", file=stream)
+    job.discard(ledger, recorded["options"]["compress"])
+    return job.open_ledger()
+
+
+def plan(
+    job: Job,
+    ledger: Ledger,
+    files: list[Path],
+    columns: ColumnMap,
+    identity: JobIdentity,
+    options: PlanOptions,
+    stream: TextIO,
+) -> None:
+    """Write the shard inputs and record them, with the job's identity, in one transaction."""
     print(
-        f"ldawt: {len(files)} input file(s); url={columns.url} class={columns.class_ or '-'} "
-        f"key={columns.key or '(from URL)'}",
+        f"ldawt: planning {len(files)} input file(s); url={columns.url} "
+        f"class={columns.class_ or '-'} key={columns.key or '(from URL)'}",
         file=stream,
     )
-    plan = plan_job(files, columns, request.out, request.plan)
-    todo = [spec for spec in plan.specs if not shard_is_complete(spec)]
-    print(
-        f"ldawt: {plan.rows:,} rows in {len(plan.specs)} shard(s), {len(plan.specs) - len(todo)} "
-        f"already done; {engine.describe()}",
-        file=stream,
-    )
-    done_rows = sum(_stats_rows(spec) for spec in plan.specs if spec not in todo)
-    progress = Progress(plan.rows, len(plan.specs), stream, done_rows, len(plan.specs) - len(todo))
     started = time.monotonic()
-    results = []
-    for result in engine.run(todo, progress.add):
-        results.append(result)
-        progress.shard_finished()
-        if not result.get("ok"):
-            print(f"\nldawt: shard {result['shard_id']} failed: {result.get('error')}", file=stream)
+    shutil.rmtree(job.shard_dir, ignore_errors=True)  # left by a planning that was killed
+    labeler = Labeler()
+    writer = ShardWriter(job.shard_dir, job.spill_dir, options)
+    shards = writer.write(shard_tables(files, columns, labeler), estimate_rows(files))
+    stats = writer.stats.to_dict()
+    if not stats["rows"]:
+        raise InputError(f"the input ({', '.join(map(str, files))}) holds no rows")
+    (job.folder / "classes.json").write_text(
+        json.dumps(list(labeler.index), ensure_ascii=False, indent=0) + "\n"
+    )
+    stats["shards"] = len(shards)
+    job.write_description(identity, {"plan": stats})
+    ledger.add_shards(
+        ((s.shard_id, str(s.input_path.relative_to(job.out)), s.rows) for s in shards),
+        0,
+        {"identity": identity.to_dict(), "plan": stats},
+    )
+    print(
+        f"ldawt: planned {stats['rows']:,} rows into {len(shards)} shard(s) in "
+        f"{time.monotonic() - started:.1f}s: {stats['bad_url']:,} bad URLs, "
+        f"{stats['duplicates']:,} duplicate URLs, {stats['classes']:,} classes "
+        f"({stats['unknown_class']:,} rows in class {'unknown'!r})",
+        file=stream,
+    )
+
+
+def execute(
+    job: Job,
+    ledger: Ledger,
+    engine: Engine,
+    options: PlanOptions,
+    passthrough: list[str],
+    shard_retries: int,
+    stream: TextIO,
+) -> int:
+    """Reconcile the output folder with the ledger, run what is unfinished, summarise."""
+    reconcile(job, ledger, options.compress)
+    ledger.set_meta({"run": {"fetch": options.fetch.to_dict(), "deadline_s": options.deadline_s}})
+    shards = ledger.shards()
+    done = [s for s in shards if s.state == DONE]
+    print(
+        f"ldawt: {len(shards)} shard(s), {len(done)} already done; {engine.describe()}",
+        file=stream,
+    )
+    progress = Progress(
+        sum(s.rows for s in shards),
+        len(shards),
+        stream,
+        sum(s.rows for s in done),
+        len(done),
+    )
+    started = time.monotonic()
+    finished = run_pending(
+        job,
+        ledger,
+        engine,
+        options,
+        passthrough,
+        progress,
+        shard_retries,
+        lambda message: print(f"\nldawt: {message}", file=stream),
+    )
     progress.close()
-    summary = summarise(request.out, plan.specs, time.monotonic() - started)
-    (request.out / JOB_SUBDIR / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_summary(summary), file=stream)
-    return 0 if all(r.get("ok") for r in results) else 1
+    print(format_summary(ledger, time.monotonic() - started), file=stream)
+    if not finished:
+        print("ldawt: some shards failed; rerun the same command to retry them", file=stream)
+    return 0 if finished else 1
 
 
-def _stats_rows(spec: dict[str, Any]) -> int:
-    stats = Path(spec["output_dir"]) / f"{spec['shard_id']}_stats.json"
-    return int(json.loads(stats.read_text()).get("rows", 0))
-
-
-def summarise(out: Path, specs: list[dict[str, Any]], elapsed_s: float) -> dict[str, Any]:
-    counts: Counter[str] = Counter()
-    total_bytes = 0
-    done = 0
-    for spec in specs:
-        stats_path = out / f"{spec['shard_id']}_stats.json"
-        if not stats_path.exists():
-            continue
-        stats = json.loads(stats_path.read_text())
-        counts.update(stats["counts"])
-        total_bytes += stats["bytes"]
-        done += 1
-    ok = counts.get(errors.OK, 0) + counts.get(errors.DUPLICATE, 0)
-    return {
-        "shards": len(specs),
-        "shards_done": done,
-        "rows": sum(counts.values()),
-        "ok": ok,
-        "failed": sum(counts.values()) - ok,
-        "by_status": dict(counts.most_common()),
-        "bytes": total_bytes,
-        "elapsed_s": round(elapsed_s, 3),
-    }
-
-
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(ledger: Ledger, elapsed_s: float) -> str:
+    states = ledger.state_counts()
+    counts = ledger.status_counts()
+    ok = counts[errors.OK] + counts[errors.DUPLICATE]
+    failed = sum(counts.values()) - ok
+    nbytes = sum(s.bytes or 0 for s in ledger.shards([DONE]))
     lines = [
-        f"ldawt: {summary['shards_done']}/{summary['shards']} shards done, "
-        f"{summary['ok']:,} images ok, {summary['failed']:,} failed, "
-        f"{summary['bytes'] / 1e6:,.1f} MB in {format_duration(summary['elapsed_s'])}",
+        f"ldawt: {states[DONE]}/{sum(states.values())} shards done, {ok:,} images ok, "
+        f"{failed:,} failed, {nbytes / 1e6:,.1f} MB; this run took {format_duration(elapsed_s)}"
     ]
-    failures = {
-        s: n for s, n in summary["by_status"].items() if s not in (errors.OK, errors.DUPLICATE)
-    }
+    failures = _failures(counts)
     if failures:
         lines.append(
             "ldawt: failures by status: " + ", ".join(f"{s}={n:,}" for s, n in failures.items())
         )
     return "\n".join(lines)
+
+
+def _failures(counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        status: n
+        for status, n in sorted(counts.items(), key=lambda item: -item[1])
+        if status not in (errors.OK, errors.DUPLICATE)
+    }

@@ -28,6 +28,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("content_type", pa.string()),
         ("elapsed_ms", pa.float32()),
         ("member", pa.string()),
+        ("duplicate_of", pa.int64()),  # the row whose download this row shares
     ]
 )
 

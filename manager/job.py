@@ -1,0 +1,165 @@
+"""The job folder: where a job's description, shard inputs and ledger live, and who may use it.
+
+``OUT/job/job.json`` describes the job for people (inputs with size and mtime, columns, options,
+ldawt version, plan figures); the ledger keeps the same description's fingerprint, which a
+resumed ``submit`` must match.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ldawt.daemon.shard import ShardSpec
+
+from .inputs import ColumnMap, InputError
+from .ledger import Ledger, ShardRecord
+from .plan import PlanOptions
+
+JOB_SUBDIR = "job"
+LEDGER_NAME = "ledger.sqlite"
+# Set in the manager's environment, so worker processes it spawns can be told apart later.
+JOB_ENV = "LDAWT_JOB"
+
+
+def ldawt_version() -> str:
+    try:
+        return metadata.version("ldawt")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def describe_inputs(files: list[Path]) -> list[dict[str, Any]]:
+    described = []
+    for path in files:
+        info = path.stat()
+        described.append(
+            {"path": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        )
+    return described
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What a job is: resuming requires the same inputs, columns and shaping options."""
+
+    inputs: list[dict[str, Any]]
+    columns: dict[str, Any]
+    options: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "columns": self.columns, "options": self.options}
+
+    @classmethod
+    def of(cls, files: list[Path], columns: ColumnMap, options: PlanOptions) -> JobIdentity:
+        return cls(describe_inputs(files), columns.to_dict(), options.shaping())
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """Human-readable differences from a recorded identity."""
+        found = []
+        before = {i["path"]: i for i in recorded["inputs"]}
+        now = {i["path"]: i for i in self.inputs}
+        for path in sorted(before.keys() - now.keys()):
+            found.append(f"input {path} is no longer part of the job")
+        for path in sorted(now.keys() - before.keys()):
+            found.append(f"input {path} is new")
+        for path in sorted(before.keys() & now.keys()):
+            if before[path] != now[path]:
+                found.append(f"input {path} changed (size or modification time)")
+        for section in ("columns", "options"):
+            for key, value in self.to_dict()[section].items():
+                old = recorded[section].get(key)
+                if old != value:
+                    found.append(f"{section[:-1]} {key}: {old!r} -> {value!r}")
+        return found
+
+
+class Job:
+    def __init__(self, out: Path) -> None:
+        self.out = out.resolve()
+        self.folder = self.out / JOB_SUBDIR
+        self.shard_dir = self.folder / "shards"
+        self.spill_dir = self.folder / "tmp"
+        self.ledger_path = self.folder / LEDGER_NAME
+        self.description_path = self.folder / "job.json"
+
+    def exists(self) -> bool:
+        return self.ledger_path.exists()
+
+    def open_ledger(self) -> Ledger:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return Ledger(self.ledger_path)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive use of the job by this manager process."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "manager.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                raise InputError(
+                    f"another ldawt-manager (pid {handle.read().strip() or '?'}) is running the "
+                    f"job in {self.out}"
+                ) from None
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            previous = os.environ.get(JOB_ENV)
+            os.environ[JOB_ENV] = str(self.out)
+            try:
+                yield
+            finally:
+                if previous is None:
+                    del os.environ[JOB_ENV]
+                else:
+                    os.environ[JOB_ENV] = previous
+
+    def write_description(self, identity: JobIdentity, extra: dict[str, Any]) -> None:
+        description = {"ldawt_version": ldawt_version(), **identity.to_dict(), **extra}
+        partial = self.description_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, self.description_path)
+
+    def description(self) -> dict[str, Any]:
+        return json.loads(self.description_path.read_text())
+
+    def spec(self, shard: ShardRecord, options: PlanOptions, passthrough: list[str]) -> dict:
+        """The shard contract's spec (docs/DESIGN.md) for one ledger shard."""
+        return {
+            "shard_id": shard.shard_id,
+            "input_path": str(self.out / shard.input_path),
+            "output_dir": str(self.out),
+            "layout": options.layout,
+            "compress": options.compress,
+            "passthrough": passthrough,
+            "fetch": options.fetch.to_dict(),
+            "deadline_s": options.deadline_s,
+        }
+
+    def output_paths(self, shard_id: str, compress: bool) -> ShardSpec:
+        """A spec that only names the shard's output files (``tar_path`` and friends)."""
+        return ShardSpec(shard_id, "", str(self.out), compress=compress)
+
+    def discard(self, ledger: Ledger, compress: bool) -> None:
+        """Forget the job: its shard outputs, shard inputs and ledger (``--force-new``)."""
+        for shard in ledger.shards():
+            paths = self.output_paths(shard.shard_id, compress)
+            for path in (paths.tar_path, paths.manifest_path, paths.stats_path):
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".partial").unlink(missing_ok=True)
+        ledger.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.ledger_path}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(self.shard_dir, ignore_errors=True)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+        self.description_path.unlink(missing_ok=True)

@@ -1,0 +1,126 @@
+"""Checking a job's shard outputs against its ledger, so a resumed job trusts nothing blindly.
+
+A shard is committed when its stats file exists (the daemon writes tar, manifest, stats in that
+order). ``reconcile`` runs before a job (re)starts: ledger-done shards whose files no longer
+match go back to ``planned``; shards that committed while no manager was recording them (it was
+killed) are adopted after checking their tar; everything else loses its leftover files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tarfile
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+
+from ldawt.daemon.shard import ShardSpec
+
+from .job import JOB_ENV, Job
+from .ledger import DONE, RUNNING, Committed, Ledger, ShardRecord
+
+ORPHAN_EXIT_TIMEOUT_S = 30.0
+
+
+class NotCommitted(Exception):
+    """The shard's outputs are missing or do not match; the message says how."""
+
+
+def _tar_members(path: Path) -> int:
+    with tarfile.open(path, "r:*") as tar:
+        return sum(1 for _ in tar)
+
+
+def check_committed(paths: ShardSpec, rows: int, tar_bytes: int | None = None) -> Committed:
+    """The committed outputs of a shard of ``rows`` rows. With ``tar_bytes`` (recorded when the
+    shard was verified before) the tar's size must match; without, its members are counted."""
+    try:
+        stats = json.loads(paths.stats_path.read_text())
+    except FileNotFoundError:
+        raise NotCommitted("no stats file") from None
+    except (OSError, ValueError) as exc:
+        raise NotCommitted(f"unreadable stats file: {exc}") from exc
+    if stats.get("rows") != rows:
+        raise NotCommitted(f"stats file counts {stats.get('rows')} rows, the plan {rows}")
+    try:
+        size = paths.tar_path.stat().st_size
+        manifest_rows = pq.ParquetFile(paths.manifest_path).metadata.num_rows
+    except (OSError, ValueError) as exc:
+        raise NotCommitted(f"tar or manifest unreadable: {exc}") from exc
+    if manifest_rows != rows:
+        raise NotCommitted(f"manifest has {manifest_rows} rows, the plan {rows}")
+    if tar_bytes is not None and size != tar_bytes:
+        raise NotCommitted(f"tar is {size} bytes, {tar_bytes} when committed")
+    if tar_bytes is None:
+        try:
+            members = _tar_members(paths.tar_path)
+        except (OSError, tarfile.TarError) as exc:
+            raise NotCommitted(f"tar unreadable: {exc}") from exc
+        if members != stats.get("members"):
+            raise NotCommitted(f"tar has {members} members, stats say {stats.get('members')}")
+    return Committed(
+        counts=stats.get("counts", {}),
+        bytes=stats.get("bytes", 0),
+        tar_bytes=size,
+        elapsed_s=stats.get("elapsed_s"),
+        worker=stats.get("host"),
+        started_at=stats.get("started_at"),
+    )
+
+
+def remove_outputs(paths: ShardSpec) -> None:
+    """Delete a shard's outputs, finished or partial."""
+    for path in (paths.tar_path, paths.manifest_path, paths.stats_path):
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".partial").unlink(missing_ok=True)
+
+
+def stop_orphans(job: Job) -> list[int]:
+    """Kill worker processes a killed manager of this job left running: they would finish
+    their shard and race the shard's rerun on the same files. Returns their pids."""
+    orphans = []
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get(JOB_ENV) == str(job.out):
+                process.send_signal(signal.SIGKILL)
+                orphans.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    psutil.wait_procs(orphans, timeout=ORPHAN_EXIT_TIMEOUT_S)
+    return [p.pid for p in orphans]
+
+
+def reconcile(job: Job, ledger: Ledger, compress: bool) -> None:
+    """Make the ledger and the output folder agree (see the module docstring)."""
+    rerun = []
+    for shard in ledger.shards():
+        paths = job.output_paths(shard.shard_id, compress)
+        if shard.state == DONE:
+            try:
+                check_committed(paths, shard.rows, shard.tar_bytes)
+            except NotCommitted:
+                remove_outputs(paths)
+                rerun.append(shard.shard_id)
+            continue
+        if _adopt(ledger, shard, paths):
+            continue
+        remove_outputs(paths)
+        if shard.state == RUNNING:
+            rerun.append(shard.shard_id)
+    ledger.mark_planned(rerun)
+
+
+def _adopt(ledger: Ledger, shard: ShardRecord, paths: ShardSpec) -> bool:
+    if not paths.stats_path.exists():
+        return False
+    try:
+        committed = check_committed(paths, shard.rows)
+    except NotCommitted:
+        return False
+    ledger.mark_done(shard.shard_id, committed)
+    return True

@@ -1,0 +1,109 @@
+"""Shared pieces of the manager tests: a loopback origin whose URL paths say what it answers,
+URL tables pointing at it, and the manager run as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from aiohttp import web
+
+from ldawt.manager.demo import serve_in_background
+from ldawt.manager.images import make_jpeg
+
+CLASSES = ("Apis mellifera", "Danaus plexippus", "Quercus robur")
+POLL_S = 0.005
+WAIT_LIMIT_S = 120.0
+
+
+class Origin:
+    """``/img/<n>.jpg`` is a JPEG, ``/gone/<n>.jpg`` answers 404, ``/flaky/<n>.jpg`` answers 503
+    while ``flaky_down`` is set. Counts the requests per path."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.hits: Counter[str] = Counter()
+        self.flaky_down = True
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/{kind}/{name}", self._serve)
+        return app
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        kind = request.match_info["kind"]
+        if kind == "gone" or (kind == "flaky" and self.flaky_down):
+            raise web.HTTPNotFound() if kind == "gone" else web.HTTPServiceUnavailable()
+        return web.Response(body=make_jpeg(request.path, 3000), content_type="image/jpeg")
+
+    def url(self, kind: str, n: int) -> str:
+        return f"http://127.0.0.1:{self.port}/{kind}/{n}.jpg"
+
+
+@contextmanager
+def running_origin(delay_s: float = 0.0) -> Iterator[Origin]:
+    origin = Origin(delay_s)
+    with serve_in_background(origin.app()) as port:
+        origin.port = port
+        yield origin
+
+
+def write_table(path: Path, columns: dict[str, list]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def url_table(path: Path, urls: list[str | None], **extra: list) -> Path:
+    """A table of ``photo_url`` with classes cycling over CLASSES and ``photo_id`` = position."""
+    n = len(urls)
+    columns: dict[str, list] = {
+        "photo_url": urls,
+        "taxon_name": [CLASSES[i % len(CLASSES)] for i in range(n)],
+        "photo_id": list(range(n)),
+    }
+    columns.update(extra)
+    return write_table(path, columns)
+
+
+def manager_command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "ldawt.manager.cli", *map(str, args)]
+
+
+def run_manager(*args: str | Path, timeout: float = WAIT_LIMIT_S) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        manager_command(*args), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def start_manager(*args: str | Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as handle:
+        return subprocess.Popen(manager_command(*args), stdout=handle, stderr=handle)
+
+
+def wait_for(condition: Callable[[], bool], what: str, process: subprocess.Popen | None = None):
+    """Poll ``condition`` until true; fail if the process ends first or the limit passes."""
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not condition():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"manager exited ({process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def partial_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.name.endswith(".partial"))
