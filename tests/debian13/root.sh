@@ -22,7 +22,7 @@ APT_PKGS="python3,python3-venv,python3-pip,ca-certificates,python3-workqueue,coo
 VENV=/opt/ldawt-venv
 STAMP_FILE=etc/ldawt-root.stamp
 # Bump when the way the root is built changes in a way the lists below do not show.
-FORMAT=1
+FORMAT=2
 LOCK_WAIT_S=1800
 
 die() {
@@ -142,6 +142,10 @@ build_in_namespace() {
     mapfile -t reqs < <(pip_requirements)
     chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
         python3 -m venv --system-site-packages "$VENV"
+    # Where the shipped systemd units expect ldawt (ExecStart=/opt/ldawt/venv/bin/ldawt-worker),
+    # so tests can run their ExecStart lines verbatim.
+    mkdir -p "$tmp/opt/ldawt"
+    ln -s "$VENV" "$tmp/opt/ldawt/venv"
     chroot "$tmp" /usr/bin/env -i PATH="$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME=/root \
         PIP_CACHE_DIR=/var/cache/ldawt-pip PIP_DISABLE_PIP_VERSION_CHECK=1 \
         "$VENV/bin/pip" install -q "${reqs[@]}"
