@@ -7,7 +7,6 @@ its output). To change how ldawt is called, edit :func:`ldawt_command` only.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
@@ -183,6 +182,7 @@ def ldawt_command(
     out_dir: Path,
     *,
     concurrency: int = 256,
+    ca_file: Path | None = None,
     engine: str = "local",
     local_workers: int = 2,
     extra: list[str] | None = None,
@@ -197,6 +197,8 @@ def ldawt_command(
         "--key-col", "photo_id",
         "--concurrency", str(concurrency),
     ]  # fmt: skip
+    if ca_file:  # profile 2: trust only the test certificate (verification stays on)
+        cmd += ["--ca-file", str(ca_file)]
     if engine != "local":
         cmd += ["--engine", engine, "--local-workers", str(local_workers)]
     return cmd + list(extra or [])
@@ -216,12 +218,15 @@ def ldawt_job(
     extra: list[str],
 ) -> Job:
     cmd = ldawt_command(
-        ldawt_bin, urls, out_dir, engine=engine, local_workers=local_workers, extra=extra
+        ldawt_bin,
+        urls,
+        out_dir,
+        ca_file=cert_file,
+        engine=engine,
+        local_workers=local_workers,
+        extra=extra,
     )
-    env = base_env()
-    if cert_file:
-        env["SSL_CERT_FILE"] = str(cert_file)  # Python's default SSL context trusts only it
-    return Job(name, profile, cmd, env, out_dir, rows, _count_ldawt, 1800, is_ldawt=True)
+    return Job(name, profile, cmd, base_env(), out_dir, rows, _count_ldawt, 1800, is_ldawt=True)
 
 
 def _count_ldawt(job: Job) -> Counted:
@@ -245,56 +250,3 @@ def _count_ldawt(job: Job) -> Counted:
     if ok != in_tars.ok:
         detail = f"{detail} manifests say {ok} ok, tars hold {in_tars.ok} images".strip()
     return Counted(in_tars.ok, in_tars.bytes, accounted, detail)
-
-
-def _install_ldawt(venv: Path, log: Callable[[str], None]) -> bool:
-    """(Re)install the working tree, editable, into ``venv`` when pyproject.toml changed."""
-    import hashlib
-
-    stamp = venv / "ldawt-pyproject.sha256"
-    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest:
-        return True
-    if not (venv / "bin" / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    log(f"installing the working tree into {venv} (pip install -e)")
-    res = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-e",
-         str(REPO)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    if res.returncode != 0:
-        log(f"ldawt: pip install -e failed: {res.stderr.strip()[-400:]}")
-        return False
-    stamp.write_text(digest)
-    return True
-
-
-def find_ldawt(explicit: str | None, work: Path, log: Callable[[str], None]) -> Path | None:
-    """An ``ldawt-manager`` whose ``submit --help`` works, or None (the row is then skipped).
-
-    Order: ``--ldawt-bin``; else a bench venv (``bench/.work/venv-ldawt``) with the working tree
-    installed in editable mode, created on first use."""
-    if explicit:
-        candidates = [Path(explicit)]
-    else:
-        venv = work / "venv-ldawt"
-        if not _install_ldawt(venv, log):
-            return None
-        candidates = [venv / "bin" / "ldawt-manager"]
-    for exe in candidates:
-        if not exe.exists():
-            log(f"ldawt: {exe} does not exist")
-            continue
-        try:
-            res = subprocess.run(
-                [str(exe), "submit", "--help"], capture_output=True, text=True, timeout=60
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log(f"ldawt: {exe} submit --help failed: {e}")
-            continue
-        if res.returncode == 0 and "--out" in res.stdout:
-            return exe
-        log(f"ldawt: `{exe.name} submit --help` does not work yet (exit {res.returncode}): "
-            f"{(res.stdout + res.stderr).strip()[-300:]!r}")  # fmt: skip
-    return None

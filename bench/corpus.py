@@ -108,7 +108,8 @@ def corpus_file_for_path(root: Path, url_path: str) -> Path:
 def write_url_lists(source: Path, rows: int, out_dir: Path, bases: dict[str, str]) -> dict:
     """Write ``<name>.parquet`` per base URL: the first ``rows`` rows of ``source`` with the
     photo_url host replaced by the base (``http://127.0.0.1:PORT``), paths kept, all columns
-    kept. Returns {name: Path}."""
+    kept; and ``<name>.txt`` with one URL per line (for the bare client, which then needs no
+    pyarrow in memory). Returns {name: parquet Path, name + "_txt": txt Path}."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -125,5 +126,7 @@ def write_url_lists(source: Path, rows: int, out_dir: Path, bases: dict[str, str
         t = table.set_column(idx, pa.field("photo_url", pa.string()), new)
         path = out_dir / f"urls_{name}_{rows}.parquet"
         pq.write_table(t, path)
-        paths[name] = path
+        txt = path.with_suffix(".txt")
+        txt.write_text("\n".join(new.to_pylist()) + "\n")
+        paths[name], paths[f"{name}_txt"] = path, txt
     return paths

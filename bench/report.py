@@ -32,6 +32,7 @@ class Result:
     detail: str = ""
     is_img2dataset: bool = False
     is_ldawt: bool = False
+    load1: float | None = None  # 1-minute load average when the row started
 
     @property
     def rate(self) -> float:
@@ -62,7 +63,7 @@ def img2dataset_best(results: list[Result], profile: str) -> Result | None:
 
 HEADER = [
     "client", "rows", "ok", "in manifest", "wall s", "images/s", "MB/s",
-    "CPU s/1k img", "peak RSS MB", "peak PSS MB", "x img2dataset best",
+    "CPU s/1k img", "peak RSS MB", "peak PSS MB", "x img2dataset best", "load",
 ]  # fmt: skip
 
 
@@ -73,7 +74,7 @@ def table_rows(results: list[Result], profile: str) -> list[list[str]]:
         if r.profile != profile:
             continue
         if r.skipped:
-            out.append([r.client, f"{r.rows:,}", "skipped: " + r.skipped] + [""] * 8)
+            out.append([r.client, f"{r.rows:,}", "skipped: " + r.skipped] + [""] * 9)
             continue
         cpu = r.cpu_ms_per_image
         out.append(
@@ -89,6 +90,7 @@ def table_rows(results: list[Result], profile: str) -> list[list[str]]:
                 _mb(r.peak_rss),
                 _mb(r.peak_pss),
                 f"{r.rate / best.rate:.2f}x" if best else "-",
+                "-" if r.load1 is None else f"{r.load1:.1f}",
             ]
         )
     return out

@@ -11,6 +11,7 @@ bench/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -21,11 +22,12 @@ import time
 import venv
 from pathlib import Path
 
+import benchenv
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_WORK = BENCH_DIR / ".work"
 DEFAULT_SOURCE = REPO / ".." / "shared" / "data" / "inat_subset_45k.parquet"
-BENCH_REQUIREMENTS = BENCH_DIR / "requirements.txt"
 CLIENTS = ("bare", "img2dataset", "ldawt")
 
 
@@ -39,24 +41,6 @@ def log(msg: str) -> None:
 def _pip_install(venv_dir: Path, *args: str) -> None:
     pip = [str(venv_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "--disable-pip-version-check", *args], check=True, timeout=1800)
-
-
-def ensure_bench_venv(work: Path) -> None:
-    """Re-exec this script inside bench/.work/venv-bench (Pillow, aiohttp, uvloop, psutil,
-    pyarrow, aiofiles), creating it on first use."""
-    venv_dir = work / "venv-bench"
-    if Path(sys.prefix).resolve() == venv_dir.resolve():
-        return
-    stamp = venv_dir / "requirements.stamp"
-    want = BENCH_REQUIREMENTS.read_text()
-    if not stamp.exists() or stamp.read_text() != want:
-        log(f"preparing {venv_dir} ({', '.join(want.split())})")
-        if not (venv_dir / "bin" / "python").exists():
-            venv.EnvBuilder(with_pip=True).create(venv_dir)
-        _pip_install(venv_dir, "-r", str(BENCH_REQUIREMENTS))
-        stamp.write_text(want)
-    python = str(venv_dir / "bin" / "python")
-    os.execv(python, [python, str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 def ensure_img2dataset(work: Path) -> Path:
@@ -96,7 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="img2dataset --number_sample_per_shard (default: rows/8, at most 10,000)",
     )
-    ap.add_argument("--ldawt-bin", help="an ldawt-manager executable (default: bench venv)")
+    ap.add_argument(
+        "--ldawt-rev",
+        default="HEAD",
+        help="git revision of ldawt to measure (installed from git archive), or 'worktree'",
+    )
+    ap.add_argument("--ldawt-bin", help="an ldawt-manager executable (overrides --ldawt-rev)")
     ap.add_argument("--ldawt-engine", default="local", choices=["local", "taskvine"])
     ap.add_argument("--local-workers", type=int, default=2, help="taskvine engine only")
     ap.add_argument("--ldawt-args", default="", help="extra arguments for ldawt-manager submit")
@@ -107,16 +96,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- the run
 
 
-def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path) -> list:
+def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path, meta: dict) -> list:
     """Every row of the benchmark, in run order; a skipped row is a (name, profile, why)."""
     import clients
+    import ldawt_install
 
     only = set(args.only.split(","))
     jobs: list = []
     i2d_bin = ensure_img2dataset(args.work) if "img2dataset" in only else None
     ldawt_bin = None
     if "ldawt" in only:
-        ldawt_bin = clients.find_ldawt(args.ldawt_bin, args.work, log)
+        ldawt_bin, meta["ldawt"] = ldawt_install.find(
+            args.ldawt_bin, args.ldawt_rev, args.work, log
+        )
     shard_size = args.i2d_shard_size or max(100, min(10_000, args.rows // 8))
     for profile in args.profiles.split(","):
         urls = lists[profile]
@@ -127,7 +119,9 @@ def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path) ->
                 name = "bare aiohttp, tarfile" if tar else "bare aiohttp, discard"
                 out = base / ("bare-tar" if tar else "bare-discard")
                 jobs.append(
-                    clients.bare_job(name, profile, urls, out, args.rows, tar=tar, cafile=cert)
+                    clients.bare_job(
+                        name, profile, lists[f"{profile}_txt"], out, args.rows, tar=tar, cafile=cert
+                    )
                 )
         if i2d_bin:
             name = "img2dataset 1.47" + (" (SSL_CERT_FILE=test cert)" if cert else "")
@@ -161,7 +155,7 @@ def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path) ->
         if "ldawt" in only:
             name = f"ldawt ({args.ldawt_engine} engine)"
             if ldawt_bin is None:
-                jobs.append((name, profile, args.rows, "ldawt-manager submit is not available yet"))
+                jobs.append((name, profile, args.rows, meta["ldawt"]))
             else:
                 jobs.append(
                     clients.ldawt_job(
@@ -181,6 +175,7 @@ def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path) ->
 
 
 def run_job(job, results: list, keep_output: bool) -> None:
+    """Run one row from a clean output folder, measure it, count its output, then delete it."""
     import proctree
     from report import Result
 
@@ -189,7 +184,8 @@ def run_job(job, results: list, keep_output: bool) -> None:
     job.log_dir.mkdir(parents=True)
     if not job.is_img2dataset:  # img2dataset wants to create its output folder itself
         job.out_dir.mkdir(parents=True)
-    log(f"[{job.profile}] {job.name}: {job.rows:,} rows ...")
+    load1 = os.getloadavg()[0]
+    log(f"[{job.profile}] {job.name}: {job.rows:,} rows (load average {load1:.2f}) ...")
     stats = proctree.run_measured(
         job.cmd,
         env=job.env,
@@ -198,7 +194,7 @@ def run_job(job, results: list, keep_output: bool) -> None:
         timeout_s=job.timeout_s,
     )
     res = Result(job.profile, job.name, job.rows, is_img2dataset=job.is_img2dataset)
-    res.is_ldawt = job.is_ldawt
+    res.is_ldawt, res.load1 = job.is_ldawt, load1
     res.wall_s, res.cpu_s, res.returncode = stats.wall_s, stats.cpu_s, stats.returncode
     res.peak_rss, res.peak_pss = stats.peak_rss, stats.peak_pss
     try:
@@ -226,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    ensure_bench_venv(args.work)  # re-execs once
+    benchenv.reexec_in_bench_venv(Path(__file__), args.work)  # re-execs once, if needed
 
-    import clients
     import corpus
     import origin as origin_mod
     import report
@@ -241,35 +236,30 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.monotonic()
     info = corpus.build_corpus(args.work / "corpus", distinct=args.distinct)
-    log(f"corpus: {info.summary()}")
+    meta = {"machine": _machine(), "corpus": info.summary(), "load_start": _load()}
+    log(f"machine: {meta['machine']}; load average {meta['load_start']}")
+    log(f"corpus: {meta['corpus']}")
     out_root = (args.out_root or args.work / "out").resolve()
     results: list = []
     origin = origin_mod.Origin(
         args.work / "nginx", info.root, args.delay_ms / 1000, args.nginx_workers
     )
+    code = 0
     try:
         origin.start()
         log(f"nginx: {origin.http_base} (plain), {origin.https_base} (TLS, {args.delay_ms} ms)")
         lists = corpus.write_url_lists(
-            args.source,
-            args.rows,
-            args.work / "lists",
+            args.source, args.rows, args.work / "lists",
             {"plain": origin.http_base, "tls": origin.https_base},
-        )
+        )  # fmt: skip
         if args.ca_bundle_rows:
             lists["tls_capped"] = corpus.write_url_lists(
                 args.source, args.ca_bundle_rows, args.work / "lists",
                 {"tls_capped": origin.https_base},
             )["tls_capped"]  # fmt: skip
-        sample = _sample_paths(lists["plain"], 12)
-        ttfb = origin.verify(sample, lambda p: corpus.corpus_file_for_path(info.root, p))
-        log(
-            "origin verified: bodies equal the corpus files; first byte plain "
-            f"{ttfb['plain'][len(sample) // 2] * 1e3:.2f} ms, TLS "
-            f"{min(ttfb['tls']) * 1e3:.1f}-{max(ttfb['tls']) * 1e3:.1f} ms (median of "
-            f"{len(sample)}: {ttfb['tls'][len(sample) // 2] * 1e3:.1f} ms)"
-        )
-        for job in build_jobs(args, origin, lists, out_root):
+        meta["origin"] = _verify_origin(origin, lists["plain_txt"], info.root)
+        log(f"origin verified: {meta['origin']}")
+        for job in build_jobs(args, origin, lists, out_root, meta):
             if isinstance(job, tuple):
                 name, profile, rows, why = job
                 log(f"[{profile}] {name}: SKIPPED - {why}")
@@ -278,46 +268,84 @@ def main(argv: list[str] | None = None) -> int:
             run_job(job, results, args.keep_output)
     except KeyboardInterrupt as e:
         log(f"interrupted ({e or 'Ctrl-C'}); stopping nginx and children")
-        return 130
+        code = 130
     finally:
         origin.stop()
+        meta["load_end"] = _load()
         if results:
-            _print_and_save(args, results, report, time.monotonic() - t_start)
-    if args.writer_bench:
-        subprocess.run([sys.executable, str(BENCH_DIR / "writer_strategies.py")], check=False)
-    del clients
-    return 0
+            _print_and_save(args, results, meta, time.monotonic() - t_start)
+    if args.writer_bench and code == 0:
+        subprocess.run(
+            [sys.executable, str(BENCH_DIR / "writer_strategies.py"), "--work", str(args.work)],
+            check=False,
+            timeout=1200,
+        )
+    return code
 
 
-def _sample_paths(urls_parquet: Path, n: int) -> list[str]:
-    import pyarrow.parquet as pq
+def _machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPUs ({model or 'unknown model'}), {mem:.0f} GiB RAM"
 
-    urls = pq.read_table(urls_parquet, columns=["photo_url"]).column(0).to_pylist()
-    step = max(1, len(urls) // n)
-    return ["/" + u.split("/", 3)[3] for u in urls[::step][:n]]
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _print_and_save(args: argparse.Namespace, results: list, report, elapsed: float) -> None:
-    cmd = "python3 bench/run.py " + " ".join(sys.argv[1:])
-    text = report.render_text(results)
+def _verify_origin(origin, urls_txt: Path, corpus_root: Path) -> str:
+    """Check a spread of paths on both servers (see Origin.verify); a one-line summary."""
+    import corpus
+
+    urls = urls_txt.read_text().split()
+    step = max(1, len(urls) // 12)
+    paths = ["/" + u.split("/", 3)[3] for u in urls[::step][:12]]
+    ttfb = origin.verify(paths, lambda p: corpus.corpus_file_for_path(corpus_root, p))
+    mid = len(paths) // 2
+    return (
+        f"{len(paths)} paths, bodies equal the corpus JPEGs on both servers; first byte "
+        f"plain median {ttfb['plain'][mid] * 1e3:.2f} ms, TLS {min(ttfb['tls']) * 1e3:.1f}-"
+        f"{max(ttfb['tls']) * 1e3:.1f} ms (median {ttfb['tls'][mid] * 1e3:.1f} ms)"
+    )
+
+
+def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed: float) -> None:
+    import report
+
+    cmd = " ".join(["python3 bench/run.py", *sys.argv[1:]]).strip()
     lines = report.targets(results)
-    print(text)
+    header = [
+        f"command: {cmd}",
+        f"machine: {meta['machine']}",
+        f"load average (1/5/15 min): start {meta['load_start']}, end {meta.get('load_end')}",
+        f"corpus: {meta['corpus']}",
+        f"origin: nginx, {args.nginx_workers} workers; {meta.get('origin', 'not verified')}",
+        f"ldawt: {meta.get('ldawt', 'not run')}",
+        f"whole run: {elapsed:.0f} s",
+    ]
+    print("\n" + "\n".join(header))
+    print(report.render_text(results))
     if lines:
-        print("\n== targets (issue 2)")
-        print("\n".join(lines))
-    print(f"\nwhole run: {elapsed:.0f} s; command: {cmd.strip()}")
+        print("\n== targets (issue 2)\n" + "\n".join(lines))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (args.work / "results").mkdir(exist_ok=True)
-    md = args.work / "results" / f"{stamp}.md"
+    out = args.work / "results"
+    out.mkdir(exist_ok=True)
+    md = out / f"{stamp}.md"
     md.write_text(
-        f"`{cmd.strip()}` ({elapsed:.0f} s)\n\n{report.render_markdown(results)}\n"
+        "\n".join(f"- {h}" for h in header)
+        + "\n\n"
+        + report.render_markdown(results)
         + "\n".join(f"- {line}" for line in lines)
         + "\n"
     )
-    (args.work / "results" / f"{stamp}.json").write_text(
-        json.dumps([r.as_dict() for r in results], indent=1)
-    )
-    print(f"saved {md} (markdown) and .json next to it")
+    rows = [r.as_dict() for r in results]
+    (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"\nsaved {md} (markdown) and {stamp}.json next to it")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,113 @@
+"""Which ldawt the benchmark measures, and its installation in a bench venv.
+
+By default a committed revision (``HEAD``): ``git archive`` exports it to
+``bench/.work/ldawt-src/<commit>/`` and that frozen copy is installed (editable, so subpackages
+resolve by folder) into ``bench/.work/venv-ldawt``. Files being edited in the working tree thus
+cannot break or change a run, and the figures name the exact commit. ``--ldawt-rev worktree``
+installs the working tree itself (editable, uncommitted changes included); ``--ldawt-bin`` runs
+a given executable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+Log = Callable[[str], None]
+
+
+def _git(*args: str) -> str:
+    res = subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True, timeout=60
+    )
+    return res.stdout.strip()
+
+
+def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess:
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    cmd = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    return subprocess.run(
+        [*cmd, "--disable-pip-version-check", *args], capture_output=True, text=True, timeout=900
+    )
+
+
+def install(rev: str, work: Path, log: Log) -> tuple[Path | None, str]:
+    """Install ldawt at ``rev`` (a git revision, or ``worktree``); returns (exe, description)."""
+    head = _git("rev-parse", "--short=12", "HEAD")
+    if rev == "worktree":
+        venv = work / "venv-ldawt-worktree"
+        dirty = " + uncommitted changes" if _git("status", "--porcelain", "--", ".") else ""
+        desc = f"working tree (HEAD {head}{dirty})"
+        if not (venv / "bin" / "ldawt-manager").exists():
+            log(f"installing the working tree into {venv} (editable)")
+            res = _pip(venv, "-e", str(REPO))
+            if res.returncode != 0:
+                log(f"ldawt: pip install -e failed: {res.stderr.strip()[-400:]}")
+                return None, desc
+        return venv / "bin" / "ldawt-manager", desc
+
+    commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    subject = _git("log", "-1", "--format=%s", commit)
+    desc = f"commit {commit[:12]} ({subject[:60]}{'...' if len(subject) > 60 else ''})"
+    venv = work / "venv-ldawt"
+    stamp = venv / "ldawt-commit"
+    stamp_text = f"{commit} editable-snapshot"
+    if stamp.exists() and stamp.read_text() == stamp_text:
+        return venv / "bin" / "ldawt-manager", desc
+    src_root = work / "ldawt-src"
+    shutil.rmtree(src_root, ignore_errors=True)  # keep one snapshot only
+    src = src_root / commit[:12]
+    src.mkdir(parents=True)
+    log(f"exporting ldawt {commit[:12]} (git archive) and installing it into {venv}")
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
+        capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True, timeout=120)
+    # Editable from the frozen snapshot: subpackages are found by folder, so a package missing
+    # from pyproject's explicit `packages` list does not break the measured CLI.
+    res = _pip(venv, "-e", str(src))
+    if res.returncode != 0:
+        log(f"ldawt: pip install of {commit[:12]} failed: {res.stderr.strip()[-400:]}")
+        return None, desc
+    stamp.write_text(stamp_text)
+    return venv / "bin" / "ldawt-manager", desc
+
+
+def usable(exe: Path, log: Log) -> bool:
+    """True when ``exe submit --help`` works (the CLI exists at that revision)."""
+    if not exe.exists():
+        log(f"ldawt: {exe} does not exist")
+        return False
+    try:
+        res = subprocess.run([str(exe), "submit", "--help"], capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log(f"ldawt: {exe} submit --help failed: {e}")
+        return False
+    if res.returncode == 0 and "--out" in res.stdout:
+        return True
+    tail = (res.stdout + res.stderr).strip()[-300:]
+    log(f"ldawt: `{exe.name} submit --help` does not work (exit {res.returncode}): {tail!r}")
+    return False
+
+
+def find(explicit: str | None, rev: str, work: Path, log: Log) -> tuple[Path | None, str]:
+    """(ldawt-manager to run, what it is) or (None, why not); the row is skipped on None."""
+    if explicit:
+        exe, desc = Path(explicit), f"--ldawt-bin {explicit}"
+    else:
+        try:
+            exe, desc = install(rev, work, log)
+        except subprocess.CalledProcessError as e:
+            return None, f"cannot export/install ldawt at {rev}: {e}"
+    if exe is None:
+        return None, f"installing ldawt ({desc}) failed"
+    if not usable(exe, log):
+        return None, f"`ldawt-manager submit` is not available at {desc}"
+    return exe, desc
