@@ -16,9 +16,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 BY3_COUNT = 1000
-MAX_BYTES = 300_000
+MIN_BYTES, MAX_BYTES = 30_000, 300_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,9 @@ def build_corpus(root: Path, distinct: int = 300, seed: int = 7) -> CorpusInfo:
         img.save(path, "JPEG", quality=quality)
         while path.stat().st_size > MAX_BYTES and quality > 50:
             quality -= 8
+            img.save(path, "JPEG", quality=quality)
+        while path.stat().st_size < MIN_BYTES and quality < 98:
+            quality += 3
             img.save(path, "JPEG", quality=quality)
         sizes.append(path.stat().st_size)
     for k in range(BY3_COUNT):

@@ -33,6 +33,7 @@ class TreeStats:
     peak_rss: int
     peak_pss: int | None
     max_procs: int
+    peak_proc_rss: int = 0  # the largest single process of the tree
     timed_out: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -90,7 +91,7 @@ def run_measured(
     pid = proc.pid
     root = psutil.Process(pid)
     cpu_seen: dict[tuple[int, float], float] = {}  # (pid, create_time) -> last user+sys seen
-    peak_rss, peak_pss, max_procs = 0, 0, 0
+    peak_rss, peak_pss, max_procs, peak_proc_rss = 0, 0, 0, 0
     pss_ok = True
     status, rusage = None, None
     timed_out = False
@@ -109,13 +110,14 @@ def run_measured(
                         if pss_ok:
                             try:
                                 mem = p.memory_full_info()
-                                rss += mem.rss
                                 pss += mem.pss
                             except (psutil.AccessDenied, AttributeError):
                                 pss_ok = False
-                                rss += p.memory_info().rss
+                                mem = p.memory_info()
                         else:
-                            rss += p.memory_info().rss
+                            mem = p.memory_info()
+                        rss += mem.rss
+                        peak_proc_rss = max(peak_proc_rss, mem.rss)
                 except psutil.Error:
                     continue
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
@@ -146,6 +148,7 @@ def run_measured(
         peak_rss=peak_rss,
         peak_pss=peak_pss if pss_ok else None,
         max_procs=max_procs,
+        peak_proc_rss=peak_proc_rss,
         timed_out=timed_out,
         notes=notes,
     )

@@ -27,6 +27,8 @@ class Result:
     cpu_s: float = 0.0
     peak_rss: int = 0
     peak_pss: int | None = None
+    peak_proc_rss: int = 0  # the largest single process
+    procs: int = 0  # most processes seen at once in the tree
     returncode: int | None = None
     skipped: str = ""  # why the row was not measured
     detail: str = ""
@@ -63,7 +65,8 @@ def img2dataset_best(results: list[Result], profile: str) -> Result | None:
 
 HEADER = [
     "client", "rows", "ok", "in manifest", "wall s", "images/s", "MB/s",
-    "CPU s/1k img", "peak RSS MB", "peak PSS MB", "x img2dataset best", "load",
+    "CPU s/1k img", "peak RSS MB", "peak PSS MB", "1-proc RSS MB", "procs",
+    "x img2dataset best", "load",
 ]  # fmt: skip
 
 
@@ -74,7 +77,7 @@ def table_rows(results: list[Result], profile: str) -> list[list[str]]:
         if r.profile != profile:
             continue
         if r.skipped:
-            out.append([r.client, f"{r.rows:,}", "skipped: " + r.skipped] + [""] * 9)
+            out.append([r.client, f"{r.rows:,}", "skipped: " + r.skipped] + [""] * 11)
             continue
         cpu = r.cpu_ms_per_image
         out.append(
@@ -89,6 +92,8 @@ def table_rows(results: list[Result], profile: str) -> list[list[str]]:
                 "-" if cpu is None else f"{cpu:.2f}",
                 _mb(r.peak_rss),
                 _mb(r.peak_pss),
+                _mb(r.peak_proc_rss),
+                str(r.procs),
                 f"{r.rate / best.rate:.2f}x" if best else "-",
                 "-" if r.load1 is None else f"{r.load1:.1f}",
             ]

@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ldawt-engine", default="local", choices=["local", "taskvine"])
     ap.add_argument("--local-workers", type=int, default=2, help="taskvine engine only")
     ap.add_argument("--ldawt-args", default="", help="extra arguments for ldawt-manager submit")
+    ap.add_argument(
+        "--ldawt-extra-row",
+        default="--workers 1",
+        help="arguments of a second ldawt row per profile ('' = none; default: one process, "
+        "i.e. exactly 256 in flight)",
+    )
     ap.add_argument("--writer-bench", action="store_true", help="also run writer_strategies.py")
     return ap.parse_args(argv)
 
@@ -153,22 +159,27 @@ def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path, me
                     )
                 )
         if "ldawt" in only:
-            name = f"ldawt ({args.ldawt_engine} engine)"
-            if ldawt_bin is None:
-                jobs.append((name, profile, args.rows, meta["ldawt"]))
-            else:
+            variants = [("", args.ldawt_args)]
+            if args.ldawt_extra_row.strip():
+                extra = f"{args.ldawt_args} {args.ldawt_extra_row}".strip()
+                variants.append((f", {args.ldawt_extra_row.strip()}", extra))
+            for i, (suffix, extra) in enumerate(variants):
+                name = f"ldawt ({args.ldawt_engine} engine{suffix})"
+                if ldawt_bin is None:
+                    jobs.append((name, profile, args.rows, meta["ldawt"]))
+                    continue
                 jobs.append(
                     clients.ldawt_job(
                         name,
                         profile,
                         ldawt_bin,
                         urls,
-                        base / "ldawt",
+                        base / f"ldawt-{i}",
                         args.rows,
                         cert_file=cert,
                         engine=args.ldawt_engine,
                         local_workers=args.local_workers,
-                        extra=args.ldawt_args.split(),
+                        extra=extra.split(),
                     )
                 )
     return jobs
@@ -181,6 +192,7 @@ def run_job(job, results: list, keep_output: bool) -> None:
 
     shutil.rmtree(job.out_dir, ignore_errors=True)
     shutil.rmtree(job.log_dir, ignore_errors=True)
+    os.sync()  # the previous row's dirty pages must not be written back during this one
     job.log_dir.mkdir(parents=True)
     if not job.is_img2dataset:  # img2dataset wants to create its output folder itself
         job.out_dir.mkdir(parents=True)
@@ -197,6 +209,7 @@ def run_job(job, results: list, keep_output: bool) -> None:
     res.is_ldawt, res.load1 = job.is_ldawt, load1
     res.wall_s, res.cpu_s, res.returncode = stats.wall_s, stats.cpu_s, stats.returncode
     res.peak_rss, res.peak_pss = stats.peak_rss, stats.peak_pss
+    res.peak_proc_rss, res.procs = stats.peak_proc_rss, stats.max_procs
     try:
         counted = job.count(job)
         res.ok, res.bytes, res.accounted = counted.ok, counted.bytes, counted.accounted
@@ -267,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run_job(job, results, args.keep_output)
     except KeyboardInterrupt as e:
-        log(f"interrupted ({e or 'Ctrl-C'}); stopping nginx and children")
+        log(f"interrupted ({str(e) or 'Ctrl-C'}); stopping nginx and children")
+        meta["interrupted"] = True
         code = 130
     finally:
         origin.stop()
@@ -326,7 +340,8 @@ def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed
         f"corpus: {meta['corpus']}",
         f"origin: nginx, {args.nginx_workers} workers; {meta.get('origin', 'not verified')}",
         f"ldawt: {meta.get('ldawt', 'not run')}",
-        f"whole run: {elapsed:.0f} s",
+        f"whole run: {elapsed:.0f} s"
+        + (" (INTERRUPTED: rows missing)" if "interrupted" in meta else ""),
     ]
     print("\n" + "\n".join(header))
     print(report.render_text(results))
