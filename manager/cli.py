@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 from ldawt.daemon.fetcher.options import FetchOptions
 
-from . import demo
+from . import demo, report
 from .config import apply_config
 from .engines import add_engine_options, make_engine
 from .inputs import InputError
 from .job import JOB_SUBDIR
+from .ledger import LedgerFull
 from .plan import STRATEGIES, PlanOptions
+from .retry import TRANSIENT, open_job, parse_statuses, retry_failed
 from .submit import JobRequest, run_job
 
 DEFAULTS = FetchOptions()
@@ -148,13 +151,6 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
 
     job = parser.add_argument_group("job")
     job.add_argument(
-        "--shard-retries",
-        type=int,
-        default=2,
-        help="times a failed shard runs again within one run; a rerun of the command retries "
-        "it further (default: %(default)s)",
-    )
-    job.add_argument(
         "--force-new",
         action="store_true",
         help="when OUT holds a job with other inputs or options, discard it and its shard files "
@@ -164,6 +160,13 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shard-retries",
+        type=int,
+        default=2,
+        help="times a failed shard runs again within one run; a rerun of the command retries "
+        "it further (default: %(default)s)",
+    )
     parser.add_argument(
         "--config",
         type=Path,
@@ -229,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         help="a parquet or CSV file, or a folder of them (config key: parquets_directory)",
     )
-    submit.add_argument("--out", type=Path, help="output folder (required)")
+    submit.add_argument(
+        "--out", type=Path, help="output folder (no default: required here or in --config)"
+    )
     _add_job_options(submit)
 
     demo_cmd = commands.add_parser(
@@ -249,10 +254,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_job_options(demo_cmd)
     demo_cmd.set_defaults(shard_size=500)
+
+    retry = commands.add_parser(
+        "retry-failed",
+        help="run again the rows whose latest outcome is a transient failure",
+        description="Build a new round of shards from the failed rows of DIR's manifests and run "
+        "it; reports then count each row once, with its latest outcome. Uses the fetch options "
+        "of the job's latest run.",
+    )
+    retry.add_argument("dir", type=Path, help="the job's output folder")
+    retry.add_argument(
+        "--status",
+        help="comma-separated statuses to retry; http_4xx / http_5xx mean the whole class, all "
+        f"means every failure (default: {','.join(TRANSIENT)})",
+    )
+    _add_run_options(retry)
+
+    status_cmd = commands.add_parser(
+        "status", help="shards by state, rows done/failed/pending, rate and ETA (instant)"
+    )
+    status_cmd.add_argument("dir", type=Path, help="the job's output folder")
+
+    report_cmd = commands.add_parser(
+        "report",
+        help="totals, failures by status and host, classes, throughput, slowest hosts",
+        description="Read every committed manifest of DIR and summarise the job.",
+    )
+    report_cmd.add_argument("dir", type=Path, help="the job's output folder")
+    report_cmd.add_argument(
+        "--json", action="store_true", help="print JSON instead of text (default: off)"
+    )
     return parser
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with a --config file's values as defaults."""
     parser = build_parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("command", nargs="?")
@@ -270,16 +306,42 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = _parse(argv)
+        args = parse_args(argv)
         if args.command == "submit":
-            return run_job(_request(args, args.input, args.out), make_engine(args))
+            return run_job(_request(args, args.input, args.out), make_engine(args), sys.stderr)
+        if args.command == "retry-failed":
+            statuses = parse_statuses(args.status)
+            return retry_failed(
+                args.dir, statuses, make_engine(args), args.shard_retries, sys.stderr
+            )
+        if args.command in ("status", "report"):
+            return _show(args)
         return _demo(args)
     except InputError as exc:
         print(f"ldawt-manager: error: {exc}", file=sys.stderr)
         return 2
+    except LedgerFull as exc:
+        print(
+            f"ldawt-manager: error: {exc}; the ledger is consistent and nothing committed is "
+            "lost: free some space and rerun the same command",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("\nldawt-manager: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _show(args: argparse.Namespace) -> int:
+    job = open_job(args.dir)
+    with job.open_ledger() as ledger:
+        if args.command == "status":
+            print(report.format_status(job, report.status(ledger)))
+        elif args.json:
+            print(json.dumps(report.report(job, ledger), indent=2))
+        else:
+            print(report.format_report(report.report(job, ledger)))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -296,7 +358,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"{args.input or 'a synthetic list'}",
             file=sys.stderr,
         )
-        status = run_job(_request(args, listing, out), make_engine(args))
+        status = run_job(_request(args, listing, out), make_engine(args), sys.stderr)
     print(f"ldawt demo: output in {out}", file=sys.stderr)
     return status
 

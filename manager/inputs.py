@@ -194,9 +194,9 @@ def shard_tables(files: list[Path], columns: ColumnMap, labeler: Labeler) -> Ite
             numbers = range(next_row, next_row + n)
             urls = batch.column(columns.url).cast(pa.string())
             if columns.class_:
-                classes = pc.fill_null(
-                    batch.column(columns.class_).cast(pa.string()), UNKNOWN_CLASS
-                )
+                classes = batch.column(columns.class_).cast(pa.string())
+                blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(classes), ""), True)
+                classes = pc.if_else(blank, UNKNOWN_CLASS, classes)
             else:
                 classes = pa.array([UNKNOWN_CLASS] * n, pa.string())
             keys = (

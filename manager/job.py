@@ -21,7 +21,7 @@ from typing import Any
 from ldawt.daemon.shard import ShardSpec
 
 from .inputs import ColumnMap, InputError
-from .ledger import Ledger, ShardRecord
+from .ledger import RESERVE_SUFFIX, Ledger, ShardRecord
 from .plan import PlanOptions
 
 JOB_SUBDIR = "job"
@@ -158,7 +158,7 @@ class Job:
                 path.unlink(missing_ok=True)
                 path.with_name(path.name + ".partial").unlink(missing_ok=True)
         ledger.close()
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", RESERVE_SUFFIX):
             Path(f"{self.ledger_path}{suffix}").unlink(missing_ok=True)
         shutil.rmtree(self.shard_dir, ignore_errors=True)
         shutil.rmtree(self.spill_dir, ignore_errors=True)

@@ -15,14 +15,19 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PLANNED, RUNNING, DONE, FAILED = "planned", "running", "done", "failed"
 STATES = (PLANNED, RUNNING, DONE, FAILED)
+# The ledger shares its disk with the shard outputs. A reserve file, given up when the disk is
+# full, leaves room to record what already happened; then the run stops (``reserve_used``).
+RESERVE_SUFFIX = ".reserve"
+RESERVE_BYTES = 256 * 1024
+FULL_RETRIES = 5
+FULL_RETRY_DELAY_S = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,15 +84,30 @@ class Committed:
     started_at: float | None
 
 
+class LedgerFull(OSError):
+    """The ledger's disk stayed full; the ledger is unchanged by the write that failed."""
+
+
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
-        # isolation_level=None: transactions are explicit (``_transaction``)
+        # isolation_level=None: transactions are explicit (``_write``)
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self.reserve_path = path.with_name(path.name + RESERVE_SUFFIX)
+        self.reserve_used = False
+        self._keep_reserve()
+
+    def _keep_reserve(self) -> None:
+        if self.reserve_path.exists():
+            return
+        try:
+            self.reserve_path.write_bytes(bytes(RESERVE_BYTES))
+        except OSError:  # no room for it now; a later run makes it
+            self.reserve_path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self._db.close()
@@ -98,15 +118,29 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _write(self, work: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``work`` in one transaction, retried a few times while the disk is full."""
+        for attempt in range(FULL_RETRIES + 1):
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    work(self._db)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # a failed COMMIT may have rolled back already
+                        self._db.execute("ROLLBACK")
+                    raise
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                if attempt == FULL_RETRIES:
+                    raise LedgerFull(f"cannot write the ledger {self.path}: {exc}") from exc
+            if self.reserve_path.exists():
+                self.reserve_path.unlink()
+                self.reserve_used = True
+            else:
+                time.sleep(FULL_RETRY_DELAY_S)
 
     # --- the job ---
 
@@ -115,8 +149,7 @@ class Ledger:
         return None if row is None else json.loads(row["value"])
 
     def set_meta(self, values: dict[str, Any]) -> None:
-        with self._transaction() as db:
-            self._put_meta(db, values)
+        self._write(lambda db: self._put_meta(db, values))
 
     @staticmethod
     def _put_meta(db: sqlite3.Connection, values: dict[str, Any]) -> None:
@@ -135,32 +168,38 @@ class Ledger:
         """Record planned shards ``(shard_id, input_path, rows)`` and ``meta`` in one
         transaction, so a plan is either wholly recorded or not at all."""
         replaces = replaces or {}
-        with self._transaction() as db:
+        records = [
+            (sid, path, round_, rows, json.dumps(replaces.get(sid, {})))
+            for sid, path, rows in shards
+        ]
+
+        def work(db: sqlite3.Connection) -> None:
             db.executemany(
                 "INSERT INTO shards (shard_id, input_path, round, rows, state, replaces) "
                 "VALUES (?, ?, ?, ?, 'planned', ?)",
-                [
-                    (sid, path, round_, rows, json.dumps(replaces.get(sid, {})))
-                    for sid, path, rows in shards
-                ],
+                records,
             )
             self._put_meta(db, meta)
+
+        self._write(work)
 
     # --- shard states: what an engine loop calls ---
 
     def mark_running(self, shard_ids: Iterable[str], worker: str | None = None) -> None:
         """The shards were handed to an engine (one more attempt each)."""
         now = time.time()
-        with self._transaction() as db:
-            db.executemany(
+        records = [(now, worker, sid) for sid in shard_ids]
+        self._write(
+            lambda db: db.executemany(
                 "UPDATE shards SET state = 'running', attempts = attempts + 1, started_at = ?, "
                 "worker = COALESCE(?, worker), error = NULL WHERE shard_id = ? AND state != 'done'",
-                [(now, worker, sid) for sid in shard_ids],
+                records,
             )
+        )
 
     def mark_done(self, shard_id: str, committed: Committed) -> None:
-        with self._transaction() as db:
-            db.execute(
+        self._write(
+            lambda db: db.execute(
                 "UPDATE shards SET state = 'done', finished_at = ?, elapsed_s = ?, bytes = ?, "
                 "tar_bytes = ?, counts = ?, worker = COALESCE(?, worker), "
                 "started_at = COALESCE(?, started_at), error = NULL WHERE shard_id = ?",
@@ -175,23 +214,28 @@ class Ledger:
                     shard_id,
                 ),
             )
+        )
 
     def mark_failed(self, shard_id: str, error: str, worker: str | None = None) -> None:
-        with self._transaction() as db:
-            db.execute(
+        now = time.time()
+        self._write(
+            lambda db: db.execute(
                 "UPDATE shards SET state = 'failed', finished_at = ?, error = ?, "
                 "worker = COALESCE(?, worker) WHERE shard_id = ?",
-                (time.time(), error, worker, shard_id),
+                (now, error, worker, shard_id),
             )
+        )
 
     def mark_planned(self, shard_ids: Iterable[str]) -> None:
         """Run these shards again (their outputs did not verify, or they never finished)."""
-        with self._transaction() as db:
-            db.executemany(
+        records = [(sid,) for sid in shard_ids]
+        self._write(
+            lambda db: db.executemany(
                 "UPDATE shards SET state = 'planned', counts = NULL, bytes = NULL, "
                 "tar_bytes = NULL WHERE shard_id = ?",
-                [(sid,) for sid in shard_ids],
+                records,
             )
+        )
 
     # --- reading ---
 

@@ -46,6 +46,7 @@ SHARD_COLUMNS = ("row", "url", "class", "key", "label", DUPLICATE_OF)
 # Rows per partition and per block: bounds the planner's memory (a few hundred MB at most).
 SPILL_ROWS = 400_000
 _KEY = "_key"
+_POSITION = "_position"  # dense stream order: rows of a retry round are not dense
 
 
 @dataclass(frozen=True)
@@ -151,24 +152,26 @@ def _sort_by_url(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(table, [("url", "ascending"), ("row", "ascending")]))
 
 
-def _mark_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Array]:
-    """Sort a partition by URL; return it with ``dup_of`` set, and each row's original row."""
+def _mark_duplicates(table: pa.Table) -> pa.Table:
+    """Sort a partition by URL and set ``dup_of`` on every repeat of a URL."""
     table = _sort_by_url(table)
-    urls, rows = table.column("url").combine_chunks(), table.column("row")
-    bad = bad_url_mask(urls)
+    urls = table.column("url").combine_chunks()
     previous = pa.concat_arrays([pa.nulls(1, urls.type), urls.slice(0, len(urls) - 1)])
-    repeat = pc.and_(pc.fill_null(pc.equal(urls, previous), False), pc.invert(bad))
-    originals = pc.fill_null_forward(pc.if_else(repeat, pa.scalar(None, pa.int64()), rows))
-    dup_of = pc.if_else(repeat, originals, pa.scalar(None, pa.int64()))
-    return table.append_column(DUPLICATE_OF, dup_of), originals
+    repeat = pc.and_(pc.fill_null(pc.equal(urls, previous), False), pc.invert(bad_url_mask(urls)))
+    return table.append_column(DUPLICATE_OF, _of_original(table, repeat, "row"))
 
 
-def _original_classes(table: pa.Table) -> pa.Array:
-    """The class of each row's original (rows in URL order, ``dup_of`` set)."""
+def _of_original(table: pa.Table, repeat: pa.Array, column: str) -> pa.Array:
+    """``column`` of each repeat's original (rows in URL order), null elsewhere."""
+    values = table.column(column)
+    null = pa.scalar(None, values.type)
+    return pc.if_else(repeat, pc.fill_null_forward(pc.if_else(repeat, null, values)), null)
+
+
+def _original_values(table: pa.Table, column: str) -> pa.Array:
+    """``column`` of each row's original: its own for rows that are no repeat."""
     repeat = pc.is_valid(table.column(DUPLICATE_OF))
-    return pc.fill_null_forward(
-        pc.if_else(repeat, pa.scalar(None, pa.string()), table.column("class"))
-    )
+    return pc.coalesce(_of_original(table, repeat, column), table.column(column))
 
 
 class ShardWriter:
@@ -200,8 +203,13 @@ class ShardWriter:
         spill: _Spill | None = None
         for table in tables:
             if spill is None:
-                spill = _Spill(self.spill_dir / "partitions", table.schema)
-            table = table.cast(spill.schema)
+                schema = table.schema.append(pa.field(_POSITION, pa.int64()))
+                spill = _Spill(self.spill_dir / "partitions", schema)
+            table = table.cast(spill.schema.remove(spill.schema.get_field_index(_POSITION)))
+            position = pa.array(
+                range(self.stats.rows, self.stats.rows + table.num_rows), pa.int64()
+            )
+            table = table.append_column(_POSITION, position)
             self.stats.rows += table.num_rows
             self.stats.bad_url += pc.sum(bad_url_mask(table.column("url"))).as_py() or 0
             for item in pc.value_counts(table.column("class")).to_pylist():
@@ -217,24 +225,24 @@ class ShardWriter:
             return _Spill(self.spill_dir / "partitions", pa.schema([])), []
         return spill, spill.close()
 
-    def _key_of_original(self, table: pa.Table, originals: pa.Array) -> pa.Array:
+    def _key_of_original(self, table: pa.Table) -> pa.Array:
         size = self.options.shard_size
         if self.options.strategy == "fixed":
-            return pc.divide(originals, size)
+            return pc.divide(_original_values(table, _POSITION), size)
         groups = self.options.groups or max(1, math.ceil(self.stats.rows / size))
         assignment = balance_classes(dict(self.stats.classes), groups)
         names = pa.array(list(assignment), pa.string())
         group_ids = pa.array(list(assignment.values()), pa.int64())
-        return pc.take(group_ids, pc.index_in(_original_classes(table), value_set=names))
+        return pc.take(group_ids, pc.index_in(_original_values(table, "class"), value_set=names))
 
     def _to_blocks(self, partitions: tuple[_Spill, list[int]]) -> tuple[_Spill, list[int]]:
         spill, buckets = partitions
         keys_per_block = max(1, SPILL_ROWS // self.options.shard_size)
         blocks: _Spill | None = None
         for bucket in buckets:
-            table, originals = _mark_duplicates(spill.read(bucket))
+            table = _mark_duplicates(spill.read(bucket))
             self.stats.duplicates += pc.count(table[DUPLICATE_OF]).as_py()
-            keys = self._key_of_original(table, originals)
+            keys = self._key_of_original(table)
             table = table.append_column(_KEY, keys)
             if blocks is None:
                 blocks = _Spill(self.spill_dir / "blocks", table.schema)
@@ -262,4 +270,4 @@ class ShardWriter:
 
 
 def _passthrough(table: pa.Table) -> list[str]:
-    return [name for name in table.column_names if name not in (*SHARD_COLUMNS, _KEY)]
+    return [name for name in table.column_names if name not in (*SHARD_COLUMNS, _KEY, _POSITION)]

@@ -4,6 +4,7 @@ each result in the ledger the moment it arrives."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 from .engines import Engine
@@ -54,10 +55,17 @@ def run_pending(
         rows = {shard.shard_id: shard.rows for shard in todo}
         specs = [job.spec(shard, options, passthrough) for shard in todo]
         ledger.mark_running(rows)
-        for result in engine.run(specs, progress.add):
-            shard_id = result["shard_id"]
-            error = record_result(job, ledger, result, rows[shard_id], options.compress)
-            progress.shard_finished(result, committed=error is None)
-            if error is not None:
-                notify(f"shard {shard_id} failed: {error}")
+        with closing(engine.run(specs, progress.add)) as results:
+            for result in results:
+                shard_id = result["shard_id"]
+                error = record_result(job, ledger, result, rows[shard_id], options.compress)
+                progress.shard_finished(result, committed=error is None)
+                if error is not None:
+                    notify(f"shard {shard_id} failed: {error}")
+                if ledger.reserve_used:
+                    notify(
+                        f"the disk holding {ledger.path} is full; stopping (shards still "
+                        "running are run again next time)"
+                    )
+                    return False
     return not ledger.shards([PLANNED, FAILED])

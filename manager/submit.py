@@ -57,8 +57,9 @@ def prepare_output(out: Path) -> None:
         raise InputError(f"output folder {out} is not writable")
 
 
-def run_job(request: JobRequest, engine: Engine, stream: TextIO = sys.stderr) -> int:
+def run_job(request: JobRequest, engine: Engine, stream: TextIO | None = None) -> int:
     """Plan (unless already planned) and run a job; returns the exit status (0: all done)."""
+    stream = stream or sys.stderr
     files = list_input_files(request.input)
     columns = resolve_columns(
         read_schema(files[0]),
@@ -72,18 +73,11 @@ def run_job(request: JobRequest, engine: Engine, stream: TextIO = sys.stderr) ->
     identity = JobIdentity.of(files, columns, request.plan)
     job = Job(request.out)
     with job.lock():
-        ledger = job.open_ledger()
+        ledger = _resume_or_replace(job, job.open_ledger(), identity, request.force_new, stream)
         try:
-            ledger = _resume_or_replace(job, ledger, identity, request.force_new, stream)
-            orphans = stop_orphans(job)
-            if orphans:
-                print(
-                    f"ldawt: stopped {len(orphans)} worker process(es) a killed manager of this "
-                    "job left running",
-                    file=stream,
-                )
             if ledger.meta("identity") is None:
                 plan(job, ledger, files, columns, identity, request.plan, stream)
+            take_over(job, ledger, request.plan.compress, stream)
             return execute(
                 job,
                 ledger,
@@ -97,6 +91,24 @@ def run_job(request: JobRequest, engine: Engine, stream: TextIO = sys.stderr) ->
             ledger.close()
 
 
+def take_over(job: Job, ledger: Ledger, compress: bool, stream: TextIO) -> None:
+    """Before running: stop what a killed manager left running, then make the ledger and the
+    output folder agree."""
+    orphans = stop_orphans(job)
+    if orphans:
+        print(
+            f"ldawt: stopped {len(orphans)} worker process(es) a killed manager of this job "
+            "left running",
+            file=stream,
+        )
+    reconcile(job, ledger, compress)
+
+
+def run_meta(options: PlanOptions) -> dict[str, Any]:
+    """The options a job may change from run to run; retry-failed reuses the latest."""
+    return {"run": {"fetch": options.fetch.to_dict(), "deadline_s": options.deadline_s}}
+
+
 def _resume_or_replace(
     job: Job, ledger: Ledger, identity: JobIdentity, force_new: bool, stream: TextIO
 ) -> Ledger:
@@ -108,6 +120,7 @@ def _resume_or_replace(
         print(f"ldawt: resuming the job in {job.out}", file=stream)
         return ledger
     if not force_new:
+        ledger.close()
         raise InputError(
             f"{job.out} holds a job planned from other inputs or options:\n  - "
             + "\n  - ".join(differences)
@@ -150,7 +163,7 @@ def plan(
     ledger.add_shards(
         ((s.shard_id, str(s.input_path.relative_to(job.out)), s.rows) for s in shards),
         0,
-        {"identity": identity.to_dict(), "plan": stats},
+        {"identity": identity.to_dict(), "plan": stats, **run_meta(options)},
     )
     print(
         f"ldawt: planned {stats['rows']:,} rows into {len(shards)} shard(s) in "
@@ -170,9 +183,8 @@ def execute(
     shard_retries: int,
     stream: TextIO,
 ) -> int:
-    """Reconcile the output folder with the ledger, run what is unfinished, summarise."""
-    reconcile(job, ledger, options.compress)
-    ledger.set_meta({"run": {"fetch": options.fetch.to_dict(), "deadline_s": options.deadline_s}})
+    """Run what is unfinished (after ``take_over``) and summarise."""
+    ledger.set_meta(run_meta(options))
     shards = ledger.shards()
     done = [s for s in shards if s.state == DONE]
     print(

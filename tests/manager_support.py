@@ -29,8 +29,9 @@ class Origin:
     """``/img/<n>.jpg`` is a JPEG, ``/gone/<n>.jpg`` answers 404, ``/flaky/<n>.jpg`` answers 503
     while ``flaky_down`` is set. Counts the requests per path."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, image_bytes: int = 3000) -> None:
         self.delay_s = delay_s
+        self.image_bytes = image_bytes
         self.hits: Counter[str] = Counter()
         self.flaky_down = True
         self.port = 0
@@ -47,15 +48,17 @@ class Origin:
         kind = request.match_info["kind"]
         if kind == "gone" or (kind == "flaky" and self.flaky_down):
             raise web.HTTPNotFound() if kind == "gone" else web.HTTPServiceUnavailable()
-        return web.Response(body=make_jpeg(request.path, 3000), content_type="image/jpeg")
+        return web.Response(
+            body=make_jpeg(request.path, self.image_bytes), content_type="image/jpeg"
+        )
 
     def url(self, kind: str, n: int) -> str:
         return f"http://127.0.0.1:{self.port}/{kind}/{n}.jpg"
 
 
 @contextmanager
-def running_origin(delay_s: float = 0.0) -> Iterator[Origin]:
-    origin = Origin(delay_s)
+def running_origin(delay_s: float = 0.0, image_bytes: int = 3000) -> Iterator[Origin]:
+    origin = Origin(delay_s, image_bytes)
     with serve_in_background(origin.app()) as port:
         origin.port = port
         yield origin
