@@ -138,6 +138,7 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
     duplicates = _duplicates(rows) if has_duplicates else {}
     passthrough = table.select(list(spec.passthrough)) if spec.passthrough else None
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+    metrics.watch_workspace(spec.output_dir)
 
     tally = _Tally()
     outcomes: list[dict[str, Any] | None] = [None] * len(rows)

@@ -131,7 +131,7 @@ class Fetcher:
                 download.connections_new += use.new
                 download.connections_reused += use.reused
                 metrics.TIME_TO_FIRST_BYTE.observe(time.monotonic() - sent)
-                self._count_response(url, response.status)
+                metrics.observe_response(self._labeler(url.host or ""), response.status)
                 download.http_status = response.status
                 if response.status in REDIRECT_STATUSES:
                     url = _redirect_target(url, response)
@@ -151,11 +151,6 @@ class Fetcher:
             refusal = address_refusal(address, options.allow_private)
             if refusal:
                 raise FetchFailure(errors.BLOCKED_ADDRESS, refusal)
-
-    def _count_response(self, url: URL, status: int) -> None:
-        code_class = metrics.code_class(status)
-        metrics.HTTP_RESPONSES.labels(code_class).inc()
-        metrics.HOST_RESPONSES.labels(self._labeler(url.host or ""), code_class).inc()
 
     async def _read_image(
         self, response: aiohttp.ClientResponse, options: FetchOptions, download: Download
