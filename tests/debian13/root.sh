@@ -196,11 +196,21 @@ cmd_ensure() {
 
 # Runs inside a private mount namespace, holding the shared lock on fd 9.
 run_in_namespace() {
+    # Scratch dirs of runs killed with SIGKILL: a dir whose lock nobody holds is stale.
+    local stale
+    for stale in "$CACHE"/run-tmp.*.lock; do
+        [ -e "$stale" ] || continue
+        if flock -n "$stale" true; then
+            rm -rf --one-file-system "${stale%.lock}" "$stale"
+        fi
+    done
     local run_tmp
     run_tmp="$(mktemp -d "$CACHE/run-tmp.XXXXXX")"
     chmod 1777 "$run_tmp"
+    exec 7>"$run_tmp.lock"
+    flock 7
     # shellcheck disable=SC2064
-    trap "umount_and_check '$ROOT'; rm -rf --one-file-system '$run_tmp'" EXIT
+    trap "umount_and_check '$ROOT'; rm -rf --one-file-system '$run_tmp' '$run_tmp.lock'" EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
     mount_basics "$ROOT"
