@@ -26,7 +26,7 @@ import heapq
 import math
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,10 @@ from .inputs import UNKNOWN_CLASS
 
 STRATEGIES = ("fixed", "class")
 SHARD_COLUMNS = ("row", "url", "class", "key", "label", DUPLICATE_OF)
-# Rows per partition and per block: bounds the planner's memory (a few hundred MB at most).
-SPILL_ROWS = 400_000
+# Rows per partition and per block: bounds the planner's memory (about 600 MB at most). Past
+# MAX_SPILL_FILES files at once (open file limits), partitions and blocks grow instead.
+SPILL_ROWS = 200_000
+MAX_SPILL_FILES = 768
 _KEY = "_key"
 _POSITION = "_position"  # dense stream order: rows of a retry round are not dense
 
@@ -193,7 +195,8 @@ class ShardWriter:
             shutil.rmtree(self.spill_dir)
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         try:
-            partitions = self._partition(tables, max(1, math.ceil(expected_rows / SPILL_ROWS)))
+            count = min(MAX_SPILL_FILES, max(1, math.ceil(expected_rows / SPILL_ROWS)))
+            partitions = self._partition(tables, count)
             blocks = self._to_blocks(partitions)
             return list(self._cut(blocks))
         finally:
@@ -225,24 +228,38 @@ class ShardWriter:
             return _Spill(self.spill_dir / "partitions", pa.schema([])), []
         return spill, spill.close()
 
-    def _key_of_original(self, table: pa.Table) -> pa.Array:
-        size = self.options.shard_size
+    def _key_count(self) -> int:
+        """Shard keys: fixed runs of rows, or class groups."""
+        by_size = max(1, math.ceil(self.stats.rows / self.options.shard_size))
         if self.options.strategy == "fixed":
-            return pc.divide(_original_values(table, _POSITION), size)
-        groups = self.options.groups or max(1, math.ceil(self.stats.rows / size))
-        assignment = balance_classes(dict(self.stats.classes), groups)
+            return by_size
+        return self.options.groups or by_size
+
+    def _keyer(self) -> Callable[[pa.Table], pa.Array]:
+        """The shard key of each row of a partition, from its original's position or class."""
+        if self.options.strategy == "fixed":
+            size = self.options.shard_size
+            return lambda table: pc.divide(_original_values(table, _POSITION), size)
+        assignment = balance_classes(dict(self.stats.classes), self._key_count())
         names = pa.array(list(assignment), pa.string())
-        group_ids = pa.array(list(assignment.values()), pa.int64())
-        return pc.take(group_ids, pc.index_in(_original_values(table, "class"), value_set=names))
+        groups = pa.array(list(assignment.values()), pa.int64())
+        return lambda table: pc.take(
+            groups, pc.index_in(_original_values(table, "class"), value_set=names)
+        )
 
     def _to_blocks(self, partitions: tuple[_Spill, list[int]]) -> tuple[_Spill, list[int]]:
         spill, buckets = partitions
-        keys_per_block = max(1, SPILL_ROWS // self.options.shard_size)
+        keys_per_block = max(
+            1,
+            SPILL_ROWS // self.options.shard_size,
+            math.ceil(self._key_count() / MAX_SPILL_FILES),
+        )
+        key_of = self._keyer()
         blocks: _Spill | None = None
         for bucket in buckets:
             table = _mark_duplicates(spill.read(bucket))
             self.stats.duplicates += pc.count(table[DUPLICATE_OF]).as_py()
-            keys = self._key_of_original(table)
+            keys = key_of(table)
             table = table.append_column(_KEY, keys)
             if blocks is None:
                 blocks = _Spill(self.spill_dir / "blocks", table.schema)

@@ -130,10 +130,12 @@ def test_replanning_is_deterministic_whatever_the_partitioning(tmp_path: Path, m
     source = tmp_path / "list.parquet"
     pq.write_table(table, source)
     results = []
-    for spill_rows, strategy in [(400_000, "fixed"), (3_000, "fixed"), (400_000, "class")]:
+    variants = [(400_000, 768, "fixed"), (3_000, 768, "fixed"), (3_000, 4, "fixed")]
+    for spill_rows, max_files, strategy in [*variants, (400_000, 768, "class")]:
         monkeypatch.setattr(plan_module, "SPILL_ROWS", spill_rows)
+        monkeypatch.setattr(plan_module, "MAX_SPILL_FILES", max_files)
         for attempt in range(2 if spill_rows == 3_000 else 1):
-            folder = tmp_path / f"job-{spill_rows}-{strategy}-{attempt}"
+            folder = tmp_path / f"job-{spill_rows}-{max_files}-{strategy}-{attempt}"
             stats, shards, tables = _plan(folder, source, PlanOptions(strategy=strategy))
             results.append((strategy, stats.to_dict(), [s.shard_id for s in shards], tables))
     fixed = [r for r in results if r[0] == "fixed"]
