@@ -13,6 +13,7 @@ import pytest
 from manager_support import running_origin, url_table
 
 from ldawt.manager.cli import build_parser, main, parse_args
+from ldawt.manager.job import Job
 
 RUN = ["--engine", "local", "--workers", "1", "--allow-private", "--retries", "0"]
 
@@ -199,3 +200,10 @@ def test_progress_is_periodic_log_lines_when_not_a_terminal(tmp_path: Path, caps
     lines = [line for line in err.splitlines() if line.startswith("[")]
     assert lines[-1].startswith("[####################] 4/4 rows  1/1 shards")
     assert "img/s" in lines[-1] and "MB/s" in lines[-1] and "failed 0.0%" in lines[-1]
+
+
+def test_a_second_manager_on_the_same_job_is_refused(tmp_path: Path, capsys):
+    source = url_table(tmp_path / "in.parquet", ["http://127.0.0.1:9/a.jpg"])
+    with Job(tmp_path / "out").lock():
+        status, err = _submit(capsys, source, tmp_path / "out")
+    assert status == 2 and "another ldawt-manager (pid " in err
