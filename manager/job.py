@@ -130,9 +130,6 @@ class Job:
         partial.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
         os.replace(partial, self.description_path)
 
-    def description(self) -> dict[str, Any]:
-        return json.loads(self.description_path.read_text())
-
     def spec(self, shard: ShardRecord, options: PlanOptions, passthrough: list[str]) -> dict:
         """The shard contract's spec (docs/DESIGN.md) for one ledger shard."""
         return {

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from ldawt.daemon.fetcher.options import FetchOptions
 from ldawt.daemon.shard import DUPLICATE_OF
 
-from .inputs import UNKNOWN_CLASS
+from .inputs import UNKNOWN_CLASS, InputError
 
 STRATEGIES = ("fixed", "class")
 SHARD_COLUMNS = ("row", "url", "class", "key", "label", DUPLICATE_OF)
@@ -208,7 +208,10 @@ class ShardWriter:
             if spill is None:
                 schema = table.schema.append(pa.field(_POSITION, pa.int64()))
                 spill = _Spill(self.spill_dir / "partitions", schema)
-            table = table.cast(spill.schema.remove(spill.schema.get_field_index(_POSITION)))
+            try:
+                table = table.cast(spill.schema.remove(spill.schema.get_field_index(_POSITION)))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(f"the input files disagree on column types: {exc}") from exc
             position = pa.array(
                 range(self.stats.rows, self.stats.rows + table.num_rows), pa.int64()
             )

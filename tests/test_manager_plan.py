@@ -13,6 +13,7 @@ from manager_support import write_table
 
 from ldawt.manager import plan as plan_module
 from ldawt.manager.inputs import (
+    InputError,
     Labeler,
     estimate_rows,
     list_input_files,
@@ -154,3 +155,10 @@ def test_csv_read_as_text(tmp_path: Path):
     )
     _, _, tables = _plan(tmp_path / "job", source, PlanOptions())
     assert tables[0].select(["key", "class"]).to_pylist() == [{"key": "007", "class": "1"}]
+
+
+def test_files_that_disagree_on_a_column_type(tmp_path: Path):
+    write_table(tmp_path / "in" / "a.parquet", {"photo_url": ["http://h/1.jpg"], "n": [1]})
+    write_table(tmp_path / "in" / "b.parquet", {"photo_url": ["http://h/2.jpg"], "n": ["x"]})
+    with pytest.raises(InputError, match="the input files disagree on column types"):
+        _plan(tmp_path / "job", tmp_path / "in", PlanOptions(), passthrough=["n"])
