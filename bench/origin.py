@@ -200,6 +200,23 @@ class Origin:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of nginx's master and workers so far."""
+        import psutil
+
+        if self.proc is None:
+            return 0.0
+        total = 0.0
+        try:
+            master = psutil.Process(self.proc.pid)
+            for p in [master, *master.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+        except psutil.Error:
+            pass
+        return total
+
     def __enter__(self) -> Origin:
         self.start()
         return self
