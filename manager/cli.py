@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ldawt.daemon.fetcher.options import FetchOptions
 
-from . import demo, report
+from . import demo, metrics, report
 from .config import apply_config
 from .engines import add_engine_options, make_engine
 from .inputs import InputError
@@ -174,6 +174,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "shard-size), or the seed's keys parquets_directory, url_col, class_col, "
         "timeout_minutes, max_retries, port_number; flags override them (default: none)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve the manager's Prometheus metrics (job progress and fleet totals relayed "
+        "from every shard result) on this port (default: none)",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default="0.0.0.0",
+        help="address for --metrics-port (default: %(default)s)",
+    )
     add_engine_options(parser)
 
 
@@ -304,9 +316,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _serve_metrics(address: str, port: int) -> None:
+    try:
+        chosen = metrics.start_manager_metrics_server(address, port)
+    except OSError as exc:
+        raise InputError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
+    metrics.mark_job_start()
+    print(f"ldawt-manager: metrics on http://{address}:{chosen}/metrics", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        if getattr(args, "metrics_port", None) is not None:
+            _serve_metrics(args.metrics_address, args.metrics_port)
         if args.command == "submit":
             return run_job(_request(args, args.input, args.out), make_engine(args), sys.stderr)
         if args.command == "retry-failed":

@@ -80,11 +80,17 @@ class Progress:
             self._count({status: -n for status, n in seen.items()}, 0)
         self.render()
 
+    def eta_seconds(self) -> float | None:
+        """Seconds left at this session's rate; None before anything was counted."""
+        rate = self._session_rows / max(1e-6, time.monotonic() - self._started)
+        remaining = max(0, self.total_rows - self.rows)
+        return remaining / rate if rate > 0 else None
+
     def line(self) -> str:
         elapsed = max(1e-6, time.monotonic() - self._started)
         rate = self._session_rows / elapsed
-        remaining = self.total_rows - self.rows
-        eta = format_duration(remaining / rate) if rate > 0 and remaining > 0 else "-"
+        eta_s = self.eta_seconds()
+        eta = format_duration(eta_s) if eta_s else "-"
         fail = 100.0 * self.failed / self.rows if self.rows else 0.0
         share = self.rows / self.total_rows if self.total_rows else 1.0
         bar = "#" * int(share * 20)

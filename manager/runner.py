@@ -7,9 +7,10 @@ from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
+from . import metrics
 from .engines import Engine
 from .job import Job
-from .ledger import FAILED, PLANNED, Ledger
+from .ledger import DONE, FAILED, PLANNED, RUNNING, Ledger
 from .outputs import NotCommitted, check_committed, remove_outputs
 from .plan import PlanOptions
 from .progress import Progress
@@ -36,6 +37,14 @@ def record_result(
     return error
 
 
+def publish_states(ledger: Ledger) -> None:
+    """Shards by state on the manager's metrics endpoint."""
+    counts = ledger.state_counts()
+    metrics.set_shard_states(
+        pending=counts[PLANNED], running=counts[RUNNING], done=counts[DONE], failed=counts[FAILED]
+    )
+
+
 def run_pending(
     job: Job,
     ledger: Ledger,
@@ -56,10 +65,14 @@ def run_pending(
         specs = [job.spec(shard, options, passthrough) for shard in todo]
         ledger.mark_running(rows)
         with closing(engine.run(specs, progress.add)) as results:
+            publish_states(ledger)
             for result in results:
                 shard_id = result["shard_id"]
                 error = record_result(job, ledger, result, rows[shard_id], options.compress)
                 progress.shard_finished(result, committed=error is None)
+                metrics.record_shard_result(result)
+                publish_states(ledger)
+                metrics.set_job_eta(progress.eta_seconds())
                 if error is not None:
                     notify(f"shard {shard_id} failed: {error}")
                 if ledger.reserve_used:
