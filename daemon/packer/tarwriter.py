@@ -99,11 +99,15 @@ class TarWriter:
             self._close_file()
 
     def _close_file(self) -> None:
+        """Close the tar and its file, keeping the first error: on a full disk, closing fails
+        too, and nothing may escape the writer thread."""
         try:
             self._tar.close()
             self._file.flush()
             os.fsync(self._file.fileno())
         except BaseException as exc:
             self._error = self._error or exc
-        finally:
+        try:
             self._file.close()
+        except OSError as exc:
+            self._error = self._error or exc
