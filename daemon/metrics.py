@@ -34,9 +34,16 @@ from prometheus_client import (
 
 log = logging.getLogger(__name__)
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
-PlatformCollector(registry=REGISTRY)
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the process collectors (process_cpu_seconds_total, RSS, open fds, ...)."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+REGISTRY = new_registry()
 
 # Image downloads take from a few milliseconds (same rack) to tens of seconds (slow origins).
 DOWNLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

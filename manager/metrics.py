@@ -29,22 +29,17 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    PlatformCollector,
-    ProcessCollector,
 )
 
 from ldawt.daemon.fetcher.errors import ALL_STATUSES, DUPLICATE, OK
-from ldawt.daemon.metrics import SHARD_BUCKETS, serve_registry, stop_server
+from ldawt.daemon.metrics import SHARD_BUCKETS, new_registry, serve_registry, stop_server
 
 log = logging.getLogger(__name__)
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
+REGISTRY = new_registry()
 
 SHARD_STATES = ("pending", "running", "done", "failed")
 ROW_OUTCOMES = (OK, DUPLICATE, "failed")

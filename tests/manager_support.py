@@ -110,3 +110,20 @@ def wait_for(condition: Callable[[], bool], what: str, process: subprocess.Popen
 
 def partial_files(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.name.endswith(".partial"))
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A fresh tmpfs at ``folder`` (as root) with mount ``options``, unmounted afterwards."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

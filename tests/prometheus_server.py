@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from metrics_support import LOOPBACK, free_port
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
 
 
@@ -76,12 +75,6 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def write_config(
@@ -145,7 +138,7 @@ def running_prometheus(
 def _start(workdir: Path, config: Path, timeout: float) -> PrometheusServer:
     """Start Prometheus on a free port; returns once it is ready or has exited."""
     assert PROMETHEUS is not None
-    port = _free_port()
+    port = free_port()
     log_path = workdir / "prometheus.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

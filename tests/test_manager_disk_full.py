@@ -4,12 +4,11 @@ finishes the job. The disk is a small tmpfs mounted (as root) for the test."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from manager_support import partial_files, running_origin, url_table
+from manager_support import mounted_tmpfs, partial_files, running_origin, url_table
 
 from ldawt.manager.cli import main
 from ldawt.manager.job import Job
@@ -23,19 +22,8 @@ FREE_BYTES = 1_000_000  # room for two shards and the job folder, not for five
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=8m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def _fill(disk: Path, leave: int) -> Path:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from manager_support import running_origin, url_table, write_table
+from manager_support import mounted_tmpfs, running_origin, url_table, write_table
 
 from ldawt.manager.cli import main
 
@@ -79,19 +78,8 @@ def test_an_output_folder_that_is_a_file(tmp_path: Path, capsys):
 @pytest.fixture
 def read_only_folder(tmp_path: Path):
     """A read-only tmpfs: not writable even for root."""
-    folder = tmp_path / "readonly"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "readonly", "ro,size=1m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_an_output_folder_that_is_not_writable(tmp_path: Path, read_only_folder: Path, capsys):

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from manager_support import running_origin, url_table
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_support import free_port, scrape
 
 from ldawt.manager import metrics
 from ldawt.manager.cli import main
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_submit_serves_job_and_fleet_metrics(tmp_path: Path) -> None:
@@ -65,7 +47,7 @@ def test_submit_serves_job_and_fleet_metrics(tmp_path: Path) -> None:
         manifests.update(pq.read_table(path).column("status").to_pylist())
     assert manifests == {"ok": 40, "http_404": 7}
     for status, n in manifests.items():
-        assert samples[("ldawt_fleet_images_total", (("status", status),))] >= n
-    assert samples[("ldawt_manager_shards", (("state", "done"),))] == 5
-    assert samples[("ldawt_manager_shards", (("state", "pending"),))] == 0
-    assert samples[("ldawt_manager_job_start_time_seconds", ())] > 0
+        assert samples[f'ldawt_fleet_images_total{{status="{status}"}}'] >= n
+    assert samples['ldawt_manager_shards{state="done"}'] == 5
+    assert samples['ldawt_manager_shards{state="pending"}'] == 0
+    assert samples["ldawt_manager_job_start_time_seconds"] > 0

@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import errno
 import socket
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from metrics_support import LOOPBACK, scrape
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.parser import text_string_to_metric_families
 
 from ldawt.daemon import metrics
-
-LOOPBACK = "127.0.0.1"
-
-
-def scrape(port: int) -> dict[str, float]:
-    """``{'name{a="b"}': value}`` for every sample of one scrape."""
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return samples
 
 
 def listening_socket(port: int = 0) -> socket.socket:

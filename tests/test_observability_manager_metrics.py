@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import math
 import socket
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_support import LOOPBACK, scrape
 
 from ldawt.manager import metrics
-
-LOOPBACK = "127.0.0.1"
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return samples
 
 
 @pytest.fixture
