@@ -1,0 +1,281 @@
+"""The TaskVine engine: one serverless library per worker core, one FunctionCall per shard.
+
+Workers connect to this manager (pull model, no message queue). Every worker runs the ldawt
+library (``ldawt.daemon.library``) as long-lived processes holding a warm event loop and
+connection pool, so a shard costs one function call rather than a fresh Python process. A
+shard's input file goes to the worker as a declared input; its tar, manifest and stats come
+back as a declared output folder and are moved into place here, in commit order (or, with
+``--shared-output``, are written in place by the worker).
+
+How a worker imports ldawt: the library is pickled by reference, so the ``python`` first on
+vine_worker's PATH must have ldawt installed; ``ldawt-worker`` puts its own interpreter first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from ldawt.manager import metrics
+
+from . import EngineError, Progress
+from .vine_options import VineOptions
+from .vine_setup import (
+    LIBRARY_NAME,
+    SHARD_FUNCTION,
+    LibrarySize,
+    LocalWorkers,
+    commit_outputs,
+    install_library,
+    library_log_tail,
+    library_size,
+    manager_address,
+    open_manager,
+    worker_command_hint,
+)
+
+# vine_wait (whole seconds; 0 neither accepts workers nor reads their results) holds the GIL
+# while it waits: other threads of the manager process only run between waits.
+WAIT_S = 1
+WATCH_S = 1.0
+MIN_IN_FLIGHT = 16
+MAX_BACKOFF_S = 300.0
+# Workers are connected but no shard has started for this long: probably none can fit the
+# library; the progress line says what it needs.
+NOT_STARTING_S = 60.0
+INPUT_NAME = "input.parquet"
+OUTPUT_NAME = "out"
+SIZE_SAMPLE = 64
+
+
+@dataclass
+class _Attempt:
+    spec: dict[str, Any]
+    number: int = 1
+    not_before: float = 0.0
+    staged: Path | None = None
+    files: list[Any] = field(default_factory=list)
+
+
+class TaskVineEngine:
+    def __init__(self, options: VineOptions) -> None:
+        self.options = options
+
+    def describe(self) -> str:
+        o = self.options
+        where = f"project {o.name}" if o.name else f"port {o.manager_port() or 'any'}"
+        local = f", {o.local_workers} local worker(s)" if o.local_workers else ""
+        return f"taskvine engine ({where}{local}; one FunctionCall per shard)"
+
+    def run(self, specs: list[dict[str, Any]], progress: Progress) -> Iterator[dict[str, Any]]:
+        if not specs:
+            return
+        # Next to the job's shard-inputs folder: the job folder.
+        vine_dir = Path(specs[0]["input_path"]).parent.parent / "taskvine"
+        # Files of attempts interrupted by a previous run of this manager.
+        shutil.rmtree(vine_dir / "incoming", ignore_errors=True)
+        m = open_manager(self.options, vine_dir)
+        workers: LocalWorkers | None = None
+        try:
+            sample = specs[:SIZE_SAMPLE]
+            size = library_size(self.options, sample, _rows_of(sample))
+            install_library(m, size)
+            if self.options.local_workers:
+                workers = LocalWorkers(
+                    self.options.local_workers, m.port, self.options, vine_dir / "workers"
+                )
+            yield from _Run(m, self.options, size, vine_dir, workers, progress).results(specs)
+        finally:
+            if workers is not None:
+                workers.stop()
+            m._free()  # ndcctools' only way to close the listening port and free the manager
+
+
+def _rows_of(specs: list[dict[str, Any]]) -> int:
+    return max(pq.ParquetFile(s["input_path"]).metadata.num_rows for s in specs)
+
+
+class _Run:
+    """One pass over a list of shard specs on an open manager."""
+
+    def __init__(
+        self,
+        m: Any,
+        options: VineOptions,
+        size: LibrarySize,
+        vine_dir: Path,
+        workers: LocalWorkers | None,
+        progress: Progress,
+    ) -> None:
+        self.m = m
+        self.options = options
+        self.size = size
+        self.vine_dir = vine_dir
+        self.workers = workers
+        self.progress = progress
+        self.running: dict[int, tuple[Any, _Attempt]] = {}
+        self.ok_since_install = 0
+        self.last_start = time.monotonic()
+        self.note = ""
+        self.limit = options.max_in_flight or MIN_IN_FLIGHT
+
+    def results(self, specs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        ready: deque[_Attempt] = deque(_Attempt(spec) for spec in specs)
+        delayed: list[_Attempt] = []  # retries waiting for their backoff to pass
+        next_watch = 0.0
+        try:
+            while ready or delayed or self.running:
+                now = time.monotonic()
+                if now >= next_watch:
+                    self._watch()
+                    next_watch = now + WATCH_S
+                if delayed:
+                    ready.extend(a for a in delayed if a.not_before <= now)
+                    delayed = [a for a in delayed if a.not_before > now]
+                while ready and len(self.running) < self.limit:
+                    attempt = ready.popleft()
+                    call = self._function_call(attempt)
+                    self.running[self.m.submit(call)] = (call, attempt)
+                task = self.m.wait(WAIT_S)
+                if task is None:
+                    continue
+                _call, attempt = self.running.pop(task.id)
+                result = self._finish(task, attempt)
+                if result.get("ok") or attempt.number >= self.options.shard_attempts:
+                    yield result
+                else:
+                    attempt.number += 1
+                    attempt.not_before = time.monotonic() + self._backoff(attempt.number)
+                    delayed.append(attempt)
+        finally:
+            for _, attempt in self.running.values():
+                self._forget(attempt)
+            self._set_note("")
+
+    def _backoff(self, number: int) -> float:
+        return min(MAX_BACKOFF_S, self.options.retry_backoff_s * 2 ** (number - 2))
+
+    def _function_call(self, attempt: _Attempt) -> Any:
+        from ndcctools.taskvine import FunctionCall
+
+        spec = attempt.spec
+        if self.options.shared_output:
+            call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, spec)
+        else:
+            attempt.staged = self.vine_dir / "incoming" / f"{spec['shard_id']}.{attempt.number}"
+            attempt.staged.parent.mkdir(parents=True, exist_ok=True)
+            remote = {**spec, "input_path": INPUT_NAME, "output_dir": OUTPUT_NAME}
+            call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, remote)
+            source = self.m.declare_file(spec["input_path"], cache=False)
+            staged = self.m.declare_file(str(attempt.staged), cache=False)
+            call.add_input(source, INPUT_NAME)
+            call.add_output(staged, OUTPUT_NAME)
+            attempt.files = [source, staged]
+        call.set_tag(spec["shard_id"])
+        # A worker that keeps handing a shard back without running it (e.g. its library keeps
+        # failing) does not get it forever.
+        call.set_max_forsaken(self.options.max_forsaken)
+        return call
+
+    def _finish(self, task: Any, attempt: _Attempt) -> dict[str, Any]:
+        """The shard's result, its files in place when it committed; frees the attempt."""
+        shard_id = attempt.spec["shard_id"]
+        try:
+            output = _call_output(task)
+            if not isinstance(output, dict):
+                return _failed(shard_id, attempt, f"taskvine: {output}")
+            result = {**output, "attempts": attempt.number, "worker": task.addrport}
+            if result.get("ok"):
+                self.ok_since_install += 1
+                self.last_start = time.monotonic()
+                if attempt.staged is not None:
+                    try:
+                        result = commit_outputs(attempt.staged, attempt.spec, result)
+                    except (OSError, ValueError, KeyError) as exc:
+                        return _failed(shard_id, attempt, f"outputs not returned: {exc}")
+            return result
+        finally:
+            _drop_output_file(task)
+            self._forget(attempt)
+
+    def _forget(self, attempt: _Attempt) -> None:
+        for f in attempt.files:
+            self.m.undeclare_file(f)
+        attempt.files = []
+        if attempt.staged is not None:
+            shutil.rmtree(attempt.staged, ignore_errors=True)
+
+    def _watch(self) -> None:
+        """Between waits: the library still installed, workers present, the note up to date."""
+        if not self.m.check_library_exists(LIBRARY_NAME):
+            if not self.ok_since_install:
+                raise EngineError(self._library_failed())
+            # It worked on some worker before: a passing failure (one broken worker), retry.
+            self.ok_since_install = 0
+            install_library(self.m, self.size)
+        stats = self.m.stats
+        metrics.set_workers_connected(stats.workers_connected)
+        metrics.set_function_calls_in_flight(len(self.running))
+        if not self.options.max_in_flight:
+            self.limit = max(MIN_IN_FLIGHT, 2 * stats.total_cores)
+        if self.workers is not None and len(self.workers.exited()) == len(self.workers.procs):
+            raise EngineError(
+                f"every local worker exited (status {self.workers.exited()}); see their logs "
+                f"under {self.vine_dir / 'workers'}"
+            )
+        if stats.workers_connected == 0 or stats.tasks_running:
+            self.last_start = time.monotonic()
+        if stats.workers_connected == 0:
+            note = (
+                f"no worker connected to {manager_address(self.m)}; start one with: "
+                f"{worker_command_hint(self.m, self.options)}"
+            )
+        elif time.monotonic() - self.last_start > NOT_STARTING_S:
+            note = (
+                f"{stats.workers_connected} worker(s) connected but no shard is running; "
+                f"each library process needs {self.size.describe()}"
+            )
+        else:
+            note = ""
+        self._set_note(note)
+
+    def _set_note(self, note: str) -> None:
+        if note != self.note:
+            self.note = note
+            self.progress({"shard_id": None, "note": note})
+
+    def _library_failed(self) -> str:
+        return (
+            f"the TaskVine library '{LIBRARY_NAME}' failed to start on the workers "
+            f"({self.options.library_retries + 1} attempt(s)) and no shard ran. Most often the "
+            "worker's python cannot import ldawt or one of its dependencies: install ldawt on "
+            "the workers and start them with ldawt-worker (it puts its own python first on "
+            f"vine_worker's PATH). The library's last output, from "
+            f"{library_log_tail(self.m)}"
+        )
+
+
+def _failed(shard_id: str, attempt: _Attempt, error: str) -> dict[str, Any]:
+    return {"shard_id": shard_id, "ok": False, "error": error, "attempts": attempt.number}
+
+
+def _call_output(task: Any) -> Any:
+    """The call's return value, or why there is none."""
+    if not task.successful():
+        return f"{task.result} (exit code {task.exit_code})"
+    try:
+        return task.output
+    except Exception as exc:  # ndcctools fails this way when the return value is unreadable
+        return f"return value unreadable: {exc!r}"
+
+
+def _drop_output_file(task: Any) -> None:
+    """The call's pickled return value stays in the manager's staging folder otherwise."""
+    Path(task.output_file.source()).unlink(missing_ok=True)

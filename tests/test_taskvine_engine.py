@@ -1,0 +1,328 @@
+"""The TaskVine engine for real: a real manager, real vine_worker processes on 127.0.0.1, the
+ldawt library in "direct" mode, and a loopback origin."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import sysconfig
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from vine_helpers import log_tail, start_process, start_vine_worker, stop_process, venv_path_env
+from vine_origin import origin_process
+
+from ldawt.daemon.fetcher.options import FetchOptions
+from ldawt.manager.engines import EngineError
+from ldawt.manager.engines.taskvine import TaskVineEngine
+from ldawt.manager.engines.vine_options import VineOptions
+
+pytestmark = [pytest.mark.taskvine, pytest.mark.timeout(240)]
+
+# Small libraries so that workers of 1000 MB memory and 2000 MB disk fit them.
+SMALL = {"library_memory_mb": 300, "library_disk_mb": 300}
+
+
+@pytest.fixture
+def origin() -> Iterator[int]:
+    with origin_process() as port:
+        yield port
+
+
+def requests_served(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/requests", timeout=10) as r:
+        return int(r.read())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_specs(root: Path, port: int, shards: int, rows: int, **fetch: Any) -> list[dict[str, Any]]:
+    """Shard inputs under root/job/shards (like a planned job), outputs in root/out."""
+    shard_dir = root / "job" / "shards"
+    shard_dir.mkdir(parents=True)
+    options = FetchOptions(allow_private=True, retries=0, **fetch).to_dict()
+    specs = []
+    for s in range(shards):
+        first = s * rows
+        numbers = list(range(first, first + rows))
+        table = pa.table(
+            {
+                "row": pa.array(numbers, pa.int64()),
+                "url": [f"http://127.0.0.1:{port}/img/{n}.jpg" for n in numbers],
+                "class": [f"c{n % 3}" for n in numbers],
+                "key": [str(n) for n in numbers],
+                "label": pa.array([n % 3 for n in numbers], pa.int64()),
+            }
+        )
+        path = shard_dir / f"{s:05d}.parquet"
+        pq.write_table(table, path)
+        specs.append(
+            {
+                "shard_id": f"{s:05d}",
+                "input_path": str(path),
+                "output_dir": str(root),
+                "fetch": options,
+                "deadline_s": 120.0,
+            }
+        )
+    return specs
+
+
+def check_outputs(root: Path, specs: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    """Every shard committed once, every input row once in the manifests, tars complete."""
+    assert sorted(r["shard_id"] for r in results) == sorted(s["shard_id"] for s in specs)
+    assert all(r["ok"] for r in results), [r.get("error") for r in results if not r["ok"]]
+    want_rows: list[int] = []
+    got_rows: list[int] = []
+    for spec in specs:
+        want_rows += pq.read_table(spec["input_path"], columns=["row"]).column(0).to_pylist()
+        manifest = pq.read_table(root / f"{spec['shard_id']}.manifest.parquet")
+        got_rows += manifest.column("row").to_pylist()
+        assert set(manifest.column("status").to_pylist()) == {"ok"}
+        assert (root / f"{spec['shard_id']}_stats.json").is_file()
+        assert (root / f"{spec['shard_id']}.tar").stat().st_size > 0
+    assert sorted(got_rows) == sorted(want_rows)  # none lost, none twice
+    # Nothing left in the staging folder of returned files.
+    assert not any((root / "job" / "taskvine" / "incoming").glob("*"))
+
+
+class Notes:
+    """A progress callable that keeps the engine's notes; ``on_first`` runs at the first one."""
+
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
+        self.notes: list[str] = []
+        self.on_first = on_first
+
+    def __call__(self, delta: dict[str, Any]) -> None:
+        if delta.get("shard_id") is None:
+            self.notes.append(delta["note"])
+            if self.on_first is not None and len(self.notes) == 1:
+                self.on_first()
+
+
+class Workers:
+    """``n`` one-core vine_workers for the manager on ``port``, stopped when the block ends;
+    started by ``start()``, at once or later (e.g. once the engine says none is connected)."""
+
+    def __init__(self, port: int, root: Path, n: int) -> None:
+        self.port, self.root, self.n = port, root, n
+        self.procs: list[Any] = []
+
+    def start(self) -> None:
+        self.procs += [start_vine_worker(self.port, self.root / f"w{i}") for i in range(self.n)]
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            stop_process(p)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def test_twenty_shards_over_two_workers_reuse_warm_libraries(
+    tmp_path: Path, origin: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin_port = origin
+    specs = make_specs(tmp_path, origin_port, shards=20, rows=25, concurrency=8)
+    port = free_port()
+    engine = TaskVineEngine(VineOptions(port=port, **SMALL))
+    # Each library process takes a free port for its /metrics and reports it in results.
+    monkeypatch.setenv("LDAWT_METRICS_PORT", "0")
+    results = []
+    scraped: dict[int, str] = {}
+    with Workers(port, tmp_path, 2) as workers:
+        notes = Notes(on_first=workers.start)
+        for result in engine.run(specs, notes):
+            results.append(result)
+            if len(results) == len(specs):  # libraries still up: read their /metrics
+                for r in results:
+                    scraped.setdefault(r["pid"], scrape(r["metrics_port"]))
+
+    check_outputs(tmp_path, specs, results)
+    assert requests_served(origin_port) == 20 * 25
+    by_pid: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        by_pid.setdefault(r["pid"], []).append(r)
+    # One library process per worker served every call: the warm state outlived each call.
+    assert len(by_pid) == 2
+    for pid, served in by_pid.items():
+        calls = sorted(r["library_calls"] for r in served)
+        assert calls == list(range(1, len(served) + 1)), (pid, calls)
+        assert len({r["metrics_port"] for r in served}) == 1
+        assert f"ldawt_library_calls_total {float(len(served))}" in scraped[pid]
+    # The pool stayed warm: after its first shard a process mostly reuses connections.
+    later = [r for r in results if r["library_calls"] > 1]
+    new_later = sum(r["connections_new"] for r in later)
+    reused_later = sum(r["connections_reused"] for r in later)
+    assert reused_later > 4 * new_later, (new_later, reused_later)
+    # While no worker had connected yet, the progress line said so, with the command.
+    assert any(f":{port}; start one with: ldawt-worker --manager" in n for n in notes.notes)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_mid_shard(worker_pid: int, origin_port: int, found: Any, deadline_s: float) -> None:
+    """Once the worker's library process is downloading a shard, kill -9 the worker and every
+    process under it; put (library pid, shard id) on ``found``. Runs in a process of its own:
+    the manager's process only runs other threads between two vine_waits."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for lib in descendants(worker_pid):
+            with contextlib.suppress(psutil.Error, OSError):
+                busy = any(
+                    c.raddr and c.raddr.port == origin_port for c in lib.net_connections("tcp")
+                )
+                # In direct mode the library works in the call's sandbox while the call runs.
+                infile = Path(lib.cwd()) / "infile"
+                if busy and infile.exists():
+                    event = cloudpickle.loads(infile.read_bytes())
+                    doomed = descendants(worker_pid)
+                    os.kill(worker_pid, signal.SIGKILL)
+                    for p in doomed:
+                        p.kill()
+                    found.put((lib.pid, event["fn_args"][0]["shard_id"]))
+                    return
+        time.sleep(0.02)
+    found.put(None)
+
+
+def test_killed_worker_shard_reruns_elsewhere(tmp_path: Path) -> None:
+    with origin_process(delay_s=0.05) as origin_port:
+        # 8 shards of about 0.4 s (60 rows, 8 at a time, 50 ms each) on two 1-core workers.
+        specs = make_specs(tmp_path, origin_port, shards=8, rows=60, concurrency=8)
+        port = free_port()
+        engine = TaskVineEngine(VineOptions(port=port, **SMALL))
+        spawn = multiprocessing.get_context("spawn")
+        found = spawn.Queue()
+        with Workers(port, tmp_path, 2) as workers:
+            workers.start()
+            killer = spawn.Process(
+                target=kill_mid_shard, args=(workers.procs[0].pid, origin_port, found, 60.0)
+            )
+            killer.start()
+            results = list(engine.run(specs, Notes()))
+            killed = found.get(timeout=60)
+            killer.join(timeout=10)
+
+    assert killed is not None, "the worker was never seen mid-shard"
+    library_pid, shard_id = killed
+    check_outputs(tmp_path, specs, results)
+    # The interrupted shard was committed once, by the other worker's library.
+    (rerun,) = [r for r in results if r["shard_id"] == shard_id]
+    assert rerun["pid"] != library_pid
+    assert workers.procs[0].returncode == -signal.SIGKILL
+
+
+REFUSED = "wrong password for manager"  # vine_worker's words
+
+
+def test_worker_with_wrong_password_is_refused(tmp_path: Path, origin: int) -> None:
+    origin_port = origin
+    specs = make_specs(tmp_path, origin_port, shards=2, rows=5)
+    (tmp_path / "right").write_text("correct horse battery staple\n")
+    (tmp_path / "wrong").write_text("not the password\n")
+    port = free_port()
+    engine = TaskVineEngine(VineOptions(port=port, password_file=str(tmp_path / "right"), **SMALL))
+    notes = Notes()
+    results: list[dict[str, Any]] = []
+    bad = start_vine_worker(port, tmp_path / "bad", f"--password={tmp_path / 'wrong'}")
+    good: list[Any] = []
+
+    def start_good_worker_after_refusal() -> None:
+        deadline = time.monotonic() + 60
+        while (
+            time.monotonic() < deadline
+            and "password" not in log_tail(tmp_path / "bad" / "worker.log", 400).lower()
+        ):
+            time.sleep(0.2)
+        good.append(start_vine_worker(port, tmp_path / "good", f"--password={tmp_path / 'right'}"))
+
+    helper = threading.Thread(target=start_good_worker_after_refusal)
+    helper.start()
+    try:
+        results = list(engine.run(specs, notes))
+    finally:
+        helper.join()
+        stop_process(bad)
+        for p in good:
+            stop_process(p)
+    bad_log = log_tail(tmp_path / "bad" / "worker.log", 400)
+    assert REFUSED in bad_log, bad_log
+    check_outputs(tmp_path, specs, results)
+    good_log = log_tail(tmp_path / "good" / "worker.log", 400)
+    assert "password" not in good_log, good_log
+    assert notes.notes[0].startswith("no worker connected")
+
+
+def test_library_that_cannot_import_ldawt_is_a_clear_error(tmp_path: Path, origin: int) -> None:
+    """A worker whose python has every dependency but not ldawt: the library dies at start-up
+    (unpickling its functions), and the run stops with that error instead of waiting forever."""
+    origin_port = origin
+    specs = make_specs(tmp_path, origin_port, shards=3, rows=5)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    python = bindir / "python"
+    # The base interpreter with this venv's packages on PYTHONPATH: the editable install of
+    # ldawt lives in a .pth file, which only site directories read, so ldawt is not importable.
+    site_packages = sysconfig.get_paths()["purelib"]
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={site_packages} exec {base} "$@"\n')
+    python.chmod(0o755)
+    port = free_port()
+    engine = TaskVineEngine(VineOptions(port=port, library_retries=0, **SMALL))
+    env = venv_path_env()
+    env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
+    (tmp_path / "w").mkdir()
+    worker = start_process(
+        [
+            "vine_worker",
+            "--cores=1",
+            "--memory=1000",
+            "--disk=2000",
+            f"--workspace={tmp_path / 'w' / 'ws'}",
+            "--timeout=120",
+            "--parent-death",
+            "127.0.0.1",
+            str(port),
+        ],
+        tmp_path / "w" / "worker.log",
+        tmp_path / "w",
+        env=env,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(EngineError) as failure:
+            list(engine.run(specs, Notes()))
+    finally:
+        stop_process(worker)
+    message = str(failure.value)
+    assert "No module named 'ldawt'" in message, message
+    assert "install ldawt on the workers" in message
+    assert time.monotonic() - started < 60
