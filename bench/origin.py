@@ -225,34 +225,40 @@ class Origin:
         self.stop()
 
     def verify(self, paths: list[str], corpus_file) -> dict:
-        """Fetch ``paths`` from both servers, one at a time on a fresh connection each, and
-        check that bodies equal the corpus file and that only the TLS server waits ``delay_s``
-        before the first byte. Returns the measured first-byte times; raises on any mismatch."""
+        """Fetch ``paths`` from both servers over one keep-alive connection each and check:
+        status, Content-Type, Content-Length, body == the corpus file (SHA-256), the connection
+        was reused, and only the TLS server waits ``delay_s`` before the first byte of every
+        response (reused connection included). Returns the first-byte times; raises otherwise."""
         ctx = ssl.create_default_context(cafile=str(self.cert))
         ttfb: dict[str, list[float]] = {"plain": [], "tls": []}
-        for path in paths:
-            want = hashlib.sha256(corpus_file(path).read_bytes()).hexdigest()
-            for name in ("plain", "tls"):
-                if name == "plain":
-                    conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
-                else:
-                    conn = http.client.HTTPSConnection(
-                        "127.0.0.1", self.https_port, timeout=10, context=ctx
-                    )
-                conn.connect()  # the TLS handshake is not part of the first-byte time
-                t0 = time.perf_counter()
-                conn.request("GET", path)
-                resp = conn.getresponse()  # returns once the status line and headers arrived
-                t1 = time.perf_counter()
-                body = resp.read()
+        for name in ("plain", "tls"):
+            if name == "plain":
+                conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+            else:
+                conn = http.client.HTTPSConnection(
+                    "127.0.0.1", self.https_port, timeout=10, context=ctx
+                )
+            conn.connect()  # the TLS handshake is not part of the first-byte times
+            sock = conn.sock
+            try:
+                for path in paths:
+                    t0 = time.perf_counter()
+                    conn.request("GET", path)
+                    resp = conn.getresponse()  # returns once the status line and headers arrived
+                    t1 = time.perf_counter()
+                    body = resp.read()
+                    if resp.status != 200 or resp.getheader("Content-Type") != "image/jpeg":
+                        raise RuntimeError(f"{name} {path}: {resp.status} {resp.getheaders()}")
+                    if int(resp.getheader("Content-Length", "-1")) != len(body):
+                        raise RuntimeError(f"{name} {path}: Content-Length is not the body's")
+                    want = hashlib.sha256(corpus_file(path).read_bytes()).hexdigest()
+                    if hashlib.sha256(body).hexdigest() != want or body[:3] != b"\xff\xd8\xff":
+                        raise RuntimeError(f"{name} {path}: body is not the corpus JPEG")
+                    if conn.sock is not sock:
+                        raise RuntimeError(f"{name}: the connection was not kept alive")
+                    ttfb[name].append(t1 - t0)
+            finally:
                 conn.close()
-                if resp.status != 200 or resp.getheader("Content-Type") != "image/jpeg":
-                    raise RuntimeError(f"{name} {path}: {resp.status} {resp.getheaders()}")
-                if int(resp.getheader("Content-Length", "-1")) != len(body):
-                    raise RuntimeError(f"{name} {path}: Content-Length does not match the body")
-                if hashlib.sha256(body).hexdigest() != want or body[:3] != b"\xff\xd8\xff":
-                    raise RuntimeError(f"{name} {path}: body is not the corpus JPEG")
-                ttfb[name].append(t1 - t0)
         if min(ttfb["tls"]) < self.delay_s * 0.95:
             raise RuntimeError(f"TLS first byte came before the delay: {ttfb['tls']}")
         if max(ttfb["plain"]) > self.delay_s / 2:

@@ -362,7 +362,8 @@ def _verify_origin(origin, urls_txt: Path, corpus_root: Path) -> str:
     ttfb = origin.verify(paths, lambda p: corpus.corpus_file_for_path(corpus_root, p))
     mid = len(paths) // 2
     return (
-        f"{len(paths)} paths, bodies equal the corpus JPEGs on both servers; first byte "
+        f"{len(paths)} paths on one keep-alive connection per server, bodies equal the corpus "
+        f"JPEGs; first byte "
         f"plain median {ttfb['plain'][mid] * 1e3:.2f} ms, TLS {min(ttfb['tls']) * 1e3:.1f}-"
         f"{max(ttfb['tls']) * 1e3:.1f} ms (median {ttfb['tls'][mid] * 1e3:.1f} ms)"
     )
@@ -395,6 +396,7 @@ def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed
         "\n".join(f"- {h}" for h in header)
         + "\n\n"
         + report.render_markdown(results)
+        + ("\n**targets (issue 2)**\n\n" if lines else "")
         + "\n".join(f"- {line}" for line in lines)
         + "\n"
     )
