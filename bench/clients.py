@@ -199,8 +199,9 @@ def ldawt_command(
     ]  # fmt: skip
     if ca_file:  # profile 2: trust only the test certificate (verification stays on)
         cmd += ["--ca-file", str(ca_file)]
-    if engine != "local":
-        cmd += ["--engine", engine, "--local-workers", str(local_workers)]
+    cmd += ["--engine", engine]  # explicit: "auto" would pick TaskVine where ndcctools imports
+    if engine == "taskvine":
+        cmd += ["--local-workers", str(local_workers)]
     return cmd + list(extra or [])
 
 

@@ -52,8 +52,9 @@ def install(rev: str, work: Path, log: Log) -> tuple[Path | None, str]:
         return venv / "bin" / "ldawt-manager", desc
 
     commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    subject = _git("log", "-1", "--format=%s", commit)
-    desc = f"commit {commit[:12]} ({subject[:60]}{'...' if len(subject) > 60 else ''})"
+    last = _git("log", "-1", "--format=%h %s", commit, "--", "daemon", "manager", "pyproject.toml")
+    last = last if len(last) <= 72 else last[:69] + "..."
+    desc = f"commit {commit[:12]} (last ldawt change: {last})"
     venv = work / "venv-ldawt"
     stamp = venv / "ldawt-commit"
     stamp_text = f"{commit} editable-snapshot"

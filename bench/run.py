@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -372,7 +373,7 @@ def _verify_origin(origin, urls_txt: Path, corpus_root: Path) -> str:
 def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed: float) -> None:
     import report
 
-    cmd = " ".join(["python3 bench/run.py", *sys.argv[1:]]).strip()
+    cmd = shlex.join(["python3", "bench/run.py", *sys.argv[1:]])
     lines = report.targets(results)
     header = [
         f"command: {cmd}",
