@@ -100,7 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeat", type=int, default=1, help="rounds over all rows; each row keeps its best"
     )
     ap.add_argument("--writer-bench", action="store_true", help="also run writer_strategies.py")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if unknown := set(args.only.split(",")) - set(CLIENTS):
+        ap.error(f"--only: unknown client(s) {sorted(unknown)}; choose from {list(CLIENTS)}")
+    if unknown := set(args.profiles.split(",")) - {"plain", "tls"}:
+        ap.error(f"--profiles: unknown profile(s) {sorted(unknown)}; choose plain, tls")
+    if args.rows < 1 or args.repeat < 1 or args.ca_bundle_rows < 0:
+        ap.error("--rows and --repeat must be >= 1, --ca-bundle-rows >= 0")
+    return args
 
 
 # ---------------------------------------------------------------- the run
@@ -194,7 +201,9 @@ def _best(runs: list):
     best = max(runs, key=lambda r: r.rate)
     if len(runs) > 1:
         rates = ", ".join(f"{r.rate:,.0f}" for r in runs)
-        best.detail = f"best of {len(runs)} runs (images/s: {rates}) {best.detail}".strip()
+        failed = [f"exit {r.returncode}: {r.detail}" for r in runs if r.returncode]
+        also = f"; other rounds failed: {failed}" if failed and best.returncode == 0 else ""
+        best.detail = f"best of {len(runs)} runs (images/s: {rates}{also}) {best.detail}".strip()
     return best
 
 
