@@ -143,7 +143,7 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
     tally = _Tally()
     outcomes: list[dict[str, Any] | None] = [None] * len(rows)
     writer = TarWriter(spec.tar_path, spec.compress)
-    packer = _Packer(writer, MemberNamer(spec.layout), fetcher, asyncio.get_running_loop())
+    packer = _Packer(writer, MemberNamer(spec.layout), fetcher)
     reporter = asyncio.create_task(_report_progress(spec.shard_id, tally, progress))
     timed_out = False
     try:
@@ -194,6 +194,7 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
         "counts": tally.counts,
         "bytes": tally.bytes,
         "members": writer.members,
+        "tar_bytes": spec.tar_path.stat().st_size,
         "elapsed_s": elapsed,
         "started_at": started_wall,
         "tar_path": str(spec.tar_path),
@@ -213,17 +214,10 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
 class _Packer:
     """Names members, queues them for the tar writer and hands back budget once written."""
 
-    def __init__(
-        self,
-        writer: TarWriter,
-        namer: MemberNamer,
-        fetcher: Fetcher,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def __init__(self, writer: TarWriter, namer: MemberNamer, fetcher: Fetcher) -> None:
         self._writer = writer
         self._namer = namer
         self._fetcher = fetcher
-        self._loop = loop
 
     def add(self, row: dict[str, Any], download: Download, outcome: dict[str, Any]) -> None:
         body = download.body
@@ -234,7 +228,7 @@ class _Packer:
 
         def written(sha256: str) -> None:  # on the writer thread
             outcome["sha256"] = sha256
-            self._loop.call_soon_threadsafe(self._fetcher.release, download)
+            self._fetcher.release(download)
 
         self._writer.add(member, body, written)
         if self._namer.layout == "webdataset":

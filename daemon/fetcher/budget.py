@@ -3,41 +3,71 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 
 from .. import metrics
 
 
 class ByteBudget:
-    """Requests reserve their body size before reading it, and the packer gives it back once
+    """Requests reserve their body size before reading it, and the tar writer gives it back once
     the bytes are in the tar. A reservation waits while the budget is full, except when nothing
     is reserved at all, so a single body larger than the budget still goes through.
 
     Bodies of unknown length are charged as they arrive (``charge``) without waiting; the
     budget then runs over until they are written, and new reservations wait meanwhile.
-    Every method must run on the event loop's thread.
+    ``reserve`` and ``charge`` run on the event loop; ``release`` runs on any thread (the tar
+    writer's) and wakes the loop only when a reservation is waiting.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.used = 0
-        self._changed = asyncio.Condition()
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     async def reserve(self, size: int) -> None:
-        async with self._changed:
-            await self._changed.wait_for(
-                lambda: self.used == 0 or self.used + size <= self.capacity
-            )
-            self.charge(size)
+        with self._lock:
+            if not self._waiting and self._fits(size):
+                self._add(size)
+                return
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (size, granted)
+            self._waiting.append(entry)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            with self._lock:
+                still_waiting = entry in self._waiting
+                if still_waiting:
+                    self._waiting.remove(entry)
+            if not still_waiting:  # granted (and charged) just as the wait was cancelled
+                self.release(size)
+            raise
 
     def charge(self, size: int) -> None:
+        with self._lock:
+            self._add(size)
+
+    def release(self, size: int) -> None:
+        granted = []
+        with self._lock:
+            self._add(-size)
+            while self._waiting and self._fits(self._waiting[0][0]):
+                need, future = self._waiting.popleft()
+                self._add(need)
+                granted.append(future)
+        for future in granted:
+            future.get_loop().call_soon_threadsafe(_grant, future)
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.capacity
+
+    def _add(self, size: int) -> None:
         self.used += size
         metrics.BUFFERED_BYTES.set(self.used)
 
-    def release(self, size: int) -> None:
-        self.used -= size
-        metrics.BUFFERED_BYTES.set(self.used)
-        asyncio.get_running_loop().create_task(self._wake())
 
-    async def _wake(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+def _grant(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

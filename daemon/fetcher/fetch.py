@@ -17,7 +17,7 @@ from .guard import address_refusal, literal_address
 from .options import FetchOptions
 from .politeness import HostLimiter
 from .retry import backoff_delay, parse_retry_after
-from .session import ConnectionUse, open_session
+from .session import CURRENT_USE, ConnectionUse, open_session
 from .sniff import HEAD_BYTES, describe_non_image, image_extension
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -71,7 +71,7 @@ class Fetcher:
         await self._session.close()
 
     def release(self, download: Download) -> None:
-        """Give the body's bytes back to the budget once they are written (loop thread only)."""
+        """Give the body's bytes back to the budget once they are written (any thread)."""
         if download.charged:
             self.budget.release(download.charged)
             download.charged = 0
@@ -123,13 +123,11 @@ class Fetcher:
         seen = {url}
         for _ in range(options.max_redirects + 1):
             self._check_literal_address(url, options)
-            use = ConnectionUse()
             sent = time.monotonic()
-            async with self._session.get(
-                url, allow_redirects=False, timeout=timeout, trace_request_ctx=use
-            ) as response:
-                download.connections_new += use.new
-                download.connections_reused += use.reused
+            use = ConnectionUse()
+            CURRENT_USE.set(use)
+            async with self._session.get(url, allow_redirects=False, timeout=timeout) as response:
+                _count_connection(use, download)
                 metrics.TIME_TO_FIRST_BYTE.observe(time.monotonic() - sent)
                 metrics.observe_response(self._labeler(url.host or ""), response.status)
                 download.http_status = response.status
@@ -169,7 +167,6 @@ class Fetcher:
         try:
             async for chunk in response.content.iter_any():
                 size += len(chunk)
-                metrics.DOWNLOAD_BYTES.inc(len(chunk))
                 if size > options.max_bytes:
                     raise FetchFailure(
                         errors.TOO_LARGE, f"body passed max_bytes {options.max_bytes}"
@@ -192,9 +189,19 @@ class Fetcher:
         except BaseException:
             self.release(download)
             raise
+        finally:
+            metrics.DOWNLOAD_BYTES.inc(size)
         download.body = body
         download.content_type = content_type
         download.extension = extension
+
+
+def _count_connection(use: ConnectionUse, download: Download) -> None:
+    if use.new:
+        download.connections_new += use.new
+    else:
+        download.connections_reused += 1
+        metrics.CONNECTIONS.labels("reused").inc()
 
 
 def _retryable(failure: FetchFailure) -> bool:

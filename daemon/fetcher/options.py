@@ -30,7 +30,7 @@ class FetchOptions:
     retry_after_max: float = 60.0
     """Longest wait granted to a server's Retry-After."""
     max_bytes: int = 50 * 1024 * 1024
-    max_buffered_bytes: int = 96 * 1024 * 1024
+    max_buffered_bytes: int = 32 * 1024 * 1024
     """Image bytes held in memory (downloaded, not yet written) before new reads wait."""
     max_redirects: int = 10
     allow_private: bool = False
