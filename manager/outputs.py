@@ -34,9 +34,13 @@ def _tar_members(path: Path) -> int:
         return sum(1 for _ in tar)
 
 
-def check_committed(paths: ShardSpec, rows: int, tar_bytes: int | None = None) -> Committed:
-    """The committed outputs of a shard of ``rows`` rows. With ``tar_bytes`` (recorded when the
-    shard was verified before) the tar's size must match; without, its members are counted."""
+def check_committed(
+    paths: ShardSpec, rows: int, tar_bytes: int | None = None, count_members: bool = False
+) -> Committed:
+    """The committed outputs of a shard of ``rows`` rows. The tar's size must match
+    ``tar_bytes`` (recorded when the shard was verified before) or else the size its stats file
+    recorded at commit; ``count_members`` also reads every tar header (for shards no manager
+    saw finish), and so does a stats file without a recorded size."""
     try:
         stats = json.loads(paths.stats_path.read_text())
     except FileNotFoundError:
@@ -52,9 +56,10 @@ def check_committed(paths: ShardSpec, rows: int, tar_bytes: int | None = None) -
         raise NotCommitted(f"tar or manifest unreadable: {exc}") from exc
     if manifest_rows != rows:
         raise NotCommitted(f"manifest has {manifest_rows} rows, the plan {rows}")
-    if tar_bytes is not None and size != tar_bytes:
-        raise NotCommitted(f"tar is {size} bytes, {tar_bytes} when committed")
-    if tar_bytes is None:
+    expected_size = tar_bytes if tar_bytes is not None else stats.get("tar_bytes")
+    if expected_size is not None and size != expected_size:
+        raise NotCommitted(f"tar is {size} bytes, {expected_size} when committed")
+    if count_members or expected_size is None:
         try:
             members = _tar_members(paths.tar_path)
         except (OSError, tarfile.TarError) as exc:
@@ -119,7 +124,7 @@ def _adopt(ledger: Ledger, shard: ShardRecord, paths: ShardSpec) -> bool:
     if not paths.stats_path.exists():
         return False
     try:
-        committed = check_committed(paths, shard.rows)
+        committed = check_committed(paths, shard.rows, count_members=True)
     except NotCommitted:
         return False
     ledger.mark_done(shard.shard_id, committed)

@@ -155,3 +155,20 @@ def test_kill_9_at_several_moments_then_rerun_matches_an_uninterrupted_run(tmp_p
         assert sum(ledger.status_counts().values()) == ROWS
 
     wait_for(lambda: not _job_processes(out), "the job's worker processes to exit")
+
+
+def test_a_damaged_committed_tar_is_fetched_again_on_rerun(tmp_path: Path):
+    with running_origin() as origin:
+        table = url_table(tmp_path / "urls.parquet", [origin.url("img", i) for i in range(30)])
+        out = tmp_path / "out"
+        args = ["submit", table, "--out", out, "--allow-private", "--shard-size", 10]
+        assert run_manager(*args).returncode == 0
+        damaged = out / "00001.tar"
+        damaged.write_bytes(damaged.read_bytes()[:-2048])
+        hits_before = sum(origin.hits.values())
+
+        rerun = run_manager(*args)
+        assert rerun.returncode == 0, rerun.stderr
+        assert sum(origin.hits.values()) == hits_before + 10  # that shard alone, again
+        with tarfile.open(damaged) as tar:
+            assert len(tar.getnames()) == 10

@@ -87,6 +87,7 @@ def test_relay_never_raises_and_bounds_labels(port: int) -> None:
 
 
 def test_manager_gauges(port: int) -> None:
+    metrics.set_job_eta(None)  # the registry is per process: an earlier job may have set it
     assert math.isnan(scrape(port)["ldawt_manager_job_eta_seconds"])
     metrics.set_shard_states(pending=7, running=3, done=40, failed=1)
     metrics.set_workers_connected(4)
