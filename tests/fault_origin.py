@@ -51,10 +51,10 @@ class FaultOrigin:
             return web.Response(body=self.body(rest[-1]), content_type="image/jpeg")
         if kind == "png":  # a PNG body, served with a misleading type
             return web.Response(body=PNG_HEADER, content_type="application/octet-stream")
-        if kind == "redirect":  # /redirect/<n>/<name>: n hops, then the image
+        if kind == "redirect":  # /redirect/<n>/<name>: n hops (301 and 302 in turn), the image
             hops = int(rest[0])
             target = f"/redirect/{hops - 1}/{rest[1]}" if hops > 1 else f"/img/{rest[1]}"
-            raise web.HTTPFound(target)
+            raise (web.HTTPMovedPermanently if hops % 2 else web.HTTPFound)(target)
         if kind == "loop":  # /loop/a <-> /loop/b
             raise web.HTTPFound("/loop/b" if rest[0] == "a" else "/loop/a")
         if kind == "to-metadata":

@@ -77,7 +77,7 @@ def test_every_fault_maps_to_its_status(tmp_path: Path, origin: tuple[FaultOrigi
         (f"{base}/img/a.jpg", "ok", 200),
         (f"{base}/img/noext", "ok", 200),
         (f"{base}/png/liar.jpg", "ok", 200),
-        (f"{base}/redirect/2/chained", "ok", 200),
+        (f"{base}/redirect/3/chained", "ok", 200),
         (f"{base}/loop/a", "redirect_loop", 302),
         (f"{base}/status/404", "http_404", 404),
         (f"{base}/status/410", "http_410", 410),
@@ -121,6 +121,7 @@ def test_every_fault_maps_to_its_status(tmp_path: Path, origin: tuple[FaultOrigi
         assert row["attempts"] == 2
         assert row["elapsed_ms"] >= 900 if name.startswith("seconds") else row["elapsed_ms"] > 0
     assert fault_origin.hits["/status/404"] == 1
+    assert [fault_origin.hits[f"/redirect/{n}/chained"] for n in (3, 2, 1)] == [1, 1, 1]
     # the extension comes from the bytes, not from the URL
     assert by_url[f"{base}/png/liar.jpg"]["member"] == "bird/k2.png"
     assert by_url[f"{base}/img/noext"]["member"] == "bird/k1.jpg"
