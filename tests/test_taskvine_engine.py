@@ -7,7 +7,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import sysconfig
 import threading
@@ -22,6 +21,9 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from manager_support import partial_files, run_manager, running_origin, start_manager, url_table
+from manager_support import wait_for as wait_until
+from metrics_support import free_port, scrape
 from vine_helpers import log_tail, start_process, start_vine_worker, stop_process, venv_path_env
 from vine_origin import origin_process
 
@@ -29,6 +31,8 @@ from ldawt.daemon.fetcher.options import FetchOptions
 from ldawt.manager.engines import EngineError
 from ldawt.manager.engines.taskvine import TaskVineEngine
 from ldawt.manager.engines.vine_options import VineOptions
+from ldawt.manager.job import JOB_ENV, Job
+from ldawt.manager.ledger import DONE, Ledger
 
 pytestmark = [pytest.mark.taskvine, pytest.mark.timeout(240)]
 
@@ -45,12 +49,6 @@ def origin() -> Iterator[int]:
 def requests_served(port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/requests", timeout=10) as r:
         return int(r.read())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_specs(root: Path, port: int, shards: int, rows: int, **fetch: Any) -> list[dict[str, Any]]:
@@ -133,12 +131,7 @@ class Workers:
 
     def __exit__(self, *exc: object) -> None:
         for p in self.procs:
-            stop_process(p)
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        return r.read().decode()
+            stop_tree(p)
 
 
 def test_twenty_shards_over_two_workers_reuse_warm_libraries(
@@ -151,7 +144,7 @@ def test_twenty_shards_over_two_workers_reuse_warm_libraries(
     # Each library process takes a free port for its /metrics and reports it in results.
     monkeypatch.setenv("LDAWT_METRICS_PORT", "0")
     results = []
-    scraped: dict[int, str] = {}
+    scraped: dict[int, dict[str, float]] = {}
     with Workers(port, tmp_path, 2) as workers:
         notes = Notes(on_first=workers.start)
         for result in engine.run(specs, notes):
@@ -171,7 +164,7 @@ def test_twenty_shards_over_two_workers_reuse_warm_libraries(
         calls = sorted(r["library_calls"] for r in served)
         assert calls == list(range(1, len(served) + 1)), (pid, calls)
         assert len({r["metrics_port"] for r in served}) == 1
-        assert f"ldawt_library_calls_total {float(len(served))}" in scraped[pid]
+        assert scraped[pid]["ldawt_library_calls_total"] == len(served)
     # The pool stayed warm: after its first shard a process mostly reuses connections.
     later = [r for r in results if r["library_calls"] > 1]
     new_later = sum(r["connections_new"] for r in later)
@@ -188,10 +181,23 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def kill_mid_shard(worker_pid: int, origin_port: int, found: Any, deadline_s: float) -> None:
-    """Once the worker's library process is downloading a shard, kill -9 the worker and every
-    process under it; put (library pid, shard id) on ``found``. Runs in a process of its own:
-    the manager's process only runs other threads between two vine_waits."""
+def stop_tree(worker: Any) -> None:
+    """Stop a vine_worker, then whatever it left running (its transfer-server child can outlive
+    it, holding its manager connection)."""
+    under = descendants(worker.pid)
+    stop_process(worker)
+    for p in under:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def kill_mid_shard(
+    worker_pid: int, origin_port: int, whole_tree: bool, found: Any, deadline_s: float
+) -> None:
+    """Once the worker's library process is downloading a shard, kill -9 the worker (and, with
+    ``whole_tree``, every process under it, like a machine that dies); put (library pid, shard
+    id, pids under the worker) on ``found``. Runs in a process of its own: the manager's
+    process only runs other threads between two vine_waits."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         for lib in descendants(worker_pid):
@@ -203,28 +209,34 @@ def kill_mid_shard(worker_pid: int, origin_port: int, found: Any, deadline_s: fl
                 infile = Path(lib.cwd()) / "infile"
                 if busy and infile.exists():
                     event = cloudpickle.loads(infile.read_bytes())
-                    doomed = descendants(worker_pid)
+                    under = descendants(worker_pid)
                     os.kill(worker_pid, signal.SIGKILL)
-                    for p in doomed:
+                    for p in under if whole_tree else []:
                         p.kill()
-                    found.put((lib.pid, event["fn_args"][0]["shard_id"]))
+                    found.put((lib.pid, event["fn_args"][0]["shard_id"], [p.pid for p in under]))
                     return
         time.sleep(0.02)
     found.put(None)
 
 
-def test_killed_worker_shard_reruns_elsewhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("whole_tree", [True, False], ids=["machine", "vine_worker_only"])
+def test_killed_worker_shard_reruns_elsewhere(tmp_path: Path, whole_tree: bool) -> None:
+    """kill -9 of a worker mid-shard. Killing only the vine_worker process leaves its
+    transfer-server child holding the connection open: the manager then notices through its
+    keepalive (shortened here) and must not stay blocked reading from it."""
+    timeouts = {} if whole_tree else {"keepalive_s": 3, "stall_timeout_s": 5}
     with origin_process(delay_s=0.05) as origin_port:
         # 8 shards of about 0.4 s (60 rows, 8 at a time, 50 ms each) on two 1-core workers.
         specs = make_specs(tmp_path, origin_port, shards=8, rows=60, concurrency=8)
         port = free_port()
-        engine = TaskVineEngine(VineOptions(port=port, **SMALL))
+        engine = TaskVineEngine(VineOptions(port=port, **SMALL, **timeouts))
         spawn = multiprocessing.get_context("spawn")
         found = spawn.Queue()
         with Workers(port, tmp_path, 2) as workers:
             workers.start()
+            victim = workers.procs[0].pid
             killer = spawn.Process(
-                target=kill_mid_shard, args=(workers.procs[0].pid, origin_port, found, 60.0)
+                target=kill_mid_shard, args=(victim, origin_port, whole_tree, found, 60.0)
             )
             killer.start()
             results = list(engine.run(specs, Notes()))
@@ -232,7 +244,11 @@ def test_killed_worker_shard_reruns_elsewhere(tmp_path: Path) -> None:
             killer.join(timeout=10)
 
     assert killed is not None, "the worker was never seen mid-shard"
-    library_pid, shard_id = killed
+    library_pid, shard_id, under = killed
+    for pid in under:  # what kill -9 of vine_worker alone leaves running (its transfer server)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
     check_outputs(tmp_path, specs, results)
     # The interrupted shard was committed once, by the other worker's library.
     (rerun,) = [r for r in results if r["shard_id"] == shard_id]
@@ -270,9 +286,9 @@ def test_worker_with_wrong_password_is_refused(tmp_path: Path, origin: int) -> N
         results = list(engine.run(specs, notes))
     finally:
         helper.join()
-        stop_process(bad)
+        stop_tree(bad)
         for p in good:
-            stop_process(p)
+            stop_tree(p)
     bad_log = log_tail(tmp_path / "bad" / "worker.log", 400)
     assert REFUSED in bad_log, bad_log
     check_outputs(tmp_path, specs, results)
@@ -321,8 +337,68 @@ def test_library_that_cannot_import_ldawt_is_a_clear_error(tmp_path: Path, origi
         with pytest.raises(EngineError) as failure:
             list(engine.run(specs, Notes()))
     finally:
-        stop_process(worker)
+        stop_tree(worker)
     message = str(failure.value)
     assert "No module named 'ldawt'" in message, message
     assert "install ldawt on the workers" in message
     assert time.monotonic() - started < 60
+
+
+def test_manager_killed_mid_job_resumes_from_the_ledger(tmp_path: Path) -> None:
+    """kill -9 of a real `ldawt-manager submit --engine taskvine --local-workers 2` after a few
+    shards committed, then the same command again: it resumes and ends with every row once."""
+    with running_origin(delay_s=0.02) as origin:
+        table = url_table(tmp_path / "urls.parquet", [origin.url("img", i) for i in range(2000)])
+        out = tmp_path / "out"
+        args = [
+            "submit",
+            table,
+            "--out",
+            out,
+            "--allow-private",
+            "--shard-size",
+            "50",
+            "--concurrency",
+            "8",
+            "--engine",
+            "taskvine",
+            "--local-workers",
+            "2",
+            "--library-memory-mb",
+            "300",
+            "--library-disk-mb",
+            "300",
+        ]
+        log = tmp_path / "killed.log"
+        process = start_manager(*args, log=log)
+        wait_until(lambda: len(list(out.glob("*_stats.json"))) >= 3, "three shards", process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        committed = {p.name: p.stat().st_mtime_ns for p in out.glob("*_stats.json")}
+        assert len(committed) < 40, "the job ended before the kill"
+
+        final = run_manager(*args, timeout=60)
+        assert final.returncode == 0, final.stderr + log.read_text()
+
+    rows = []
+    for manifest in sorted(out.glob("*.manifest.parquet")):
+        rows += pq.read_table(manifest, columns=["row"]).column(0).to_pylist()
+    assert sorted(rows) == list(range(2000))
+    assert len(list(out.glob("*.tar"))) == 40
+    for name, mtime in committed.items():  # committed before the kill: not redone
+        assert (out / name).stat().st_mtime_ns == mtime
+    assert not partial_files(out)
+    assert not any((out / "job" / "taskvine" / "incoming").glob("*"))
+    with Ledger(Job(out).ledger_path) as ledger:
+        assert {s.state for s in ledger.shards()} == {DONE}
+    # The killed manager's local workers were stopped by the rerun, the rerun's by itself.
+    assert not job_processes(out)
+
+
+def job_processes(out: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(JOB_ENV) == str(out.resolve()):
+                found.append(process)
+    return found

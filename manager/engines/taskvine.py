@@ -79,8 +79,11 @@ class TaskVineEngine:
             return
         # Next to the job's shard-inputs folder: the job folder.
         vine_dir = Path(specs[0]["input_path"]).parent.parent / "taskvine"
-        # Files of attempts interrupted by a previous run of this manager.
-        shutil.rmtree(vine_dir / "incoming", ignore_errors=True)
+        # Left by a previous run of this manager that was killed: files of interrupted attempts,
+        # and local workers' workspaces (vine_worker 7.14.5 can crash when it starts on the
+        # workspace of a worker that was killed).
+        for leftover in ("incoming", "workers"):
+            shutil.rmtree(vine_dir / leftover, ignore_errors=True)
         m = open_manager(self.options, vine_dir)
         workers: LocalWorkers | None = None
         try:

@@ -28,6 +28,8 @@ class VineOptions:
     library_memory_mb: int | None = None
     library_disk_mb: int | None = None
     library_retries: int = 2
+    keepalive_s: int = 30
+    stall_timeout_s: int = 60
 
     def manager_port(self) -> int:
         if self.port is not None:

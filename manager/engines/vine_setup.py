@@ -63,6 +63,13 @@ def open_manager(options: VineOptions, vine_dir: Path) -> Any:
     # default of 15 s makes a broken deployment take a minute to report).
     m.tune("transient-error-interval", 5)
     m.tune("max-library-retries", options.library_retries)
+    # A worker whose connection stays open while it no longer answers (vine_worker killed while
+    # its transfer-server child still holds the socket) is declared lost after about twice the
+    # keepalive, not TaskVine's five minutes; meanwhile a read from it blocks the whole manager
+    # for up to the long timeout (TaskVine's default: an hour).
+    m.set_keepalive_interval(options.keepalive_s)
+    m.set_keepalive_timeout(options.keepalive_s)
+    m.tune("long-timeout", options.stall_timeout_s)
     return m
 
 
