@@ -11,6 +11,7 @@ same process and every call shares the warm event loop and connection pools.
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -27,6 +28,8 @@ DEFAULT_METRICS_PORT = 9401
 # A worker runs one library process per library-sized share of its cores, each on its own port:
 # LDAWT_METRICS_PORT, the next one, ...
 METRICS_PORT_RANGE = 64
+# Spec key for the library only: write into a new folder of the call's own under output_dir.
+UNIQUE_OUTPUT = "unique_output"
 
 _state: dict[str, Any] = {}
 
@@ -53,7 +56,8 @@ def ldawt_shard(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one shard in this library process; returns the result dict and never raises.
 
     Relative ``input_path`` and ``output_dir`` are taken against the call's sandbox (the working
-    directory during the call), where TaskVine puts declared inputs and collects outputs.
+    directory during the call), where TaskVine puts declared inputs and collects outputs. With
+    ``unique_output`` the files go to a new folder under ``output_dir``, named in the result.
     """
     try:
         if not _state:
@@ -61,6 +65,9 @@ def ldawt_shard(spec: dict[str, Any]) -> dict[str, Any]:
         local = dict(spec)
         for key in ("input_path", "output_dir"):
             local[key] = os.path.abspath(local[key])
+        if local.pop(UNIQUE_OUTPUT, False):
+            run = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+            local["output_dir"] = os.path.join(local["output_dir"], run)
         # The output folder is the call's declared output: it must exist even if the shard fails.
         Path(local["output_dir"]).mkdir(parents=True, exist_ok=True)
         result = run_shard(local)

@@ -219,17 +219,26 @@ def kill_mid_shard(
     found.put(None)
 
 
-@pytest.mark.parametrize("whole_tree", [True, False], ids=["machine", "vine_worker_only"])
-def test_killed_worker_shard_reruns_elsewhere(tmp_path: Path, whole_tree: bool) -> None:
+@pytest.mark.parametrize(
+    ("whole_tree", "shared_output"),
+    [(True, False), (False, False), (False, True)],
+    ids=["machine", "vine_worker_only", "vine_worker_only-shared_output"],
+)
+def test_killed_worker_shard_reruns_elsewhere(
+    tmp_path: Path, whole_tree: bool, shared_output: bool
+) -> None:
     """kill -9 of a worker mid-shard. Killing only the vine_worker process leaves its
     transfer-server child holding the connection open: the manager then notices through its
-    keepalive (shortened here) and must not stay blocked reading from it."""
+    keepalive (shortened here) and must not stay blocked reading from it. Its library process
+    lives on and finishes the shard: with --shared-output it writes beside the rerun, into a
+    folder of its own, so the committed files are the rerun's alone."""
     timeouts = {} if whole_tree else {"keepalive_s": 3, "stall_timeout_s": 5}
     with origin_process(delay_s=0.05) as origin_port:
         # 8 shards of about 0.4 s (60 rows, 8 at a time, 50 ms each) on two 1-core workers.
         specs = make_specs(tmp_path, origin_port, shards=8, rows=60, concurrency=8)
         port = free_port()
-        engine = TaskVineEngine(VineOptions(port=port, **SMALL, **timeouts))
+        options = VineOptions(port=port, shared_output=shared_output, **SMALL, **timeouts)
+        engine = TaskVineEngine(options)
         spawn = multiprocessing.get_context("spawn")
         found = spawn.Queue()
         with Workers(port, tmp_path, 2) as workers:

@@ -3,9 +3,11 @@
 Workers connect to this manager (pull model, no message queue). Every worker runs the ldawt
 library (``ldawt.daemon.library``) as long-lived processes holding a warm event loop and
 connection pool, so a shard costs one function call rather than a fresh Python process. A
-shard's input file goes to the worker as a declared input; its tar, manifest and stats come
-back as a declared output folder and are moved into place here, in commit order (or, with
-``--shared-output``, are written in place by the worker).
+shard's input file goes to the worker as a declared input and its tar, manifest and stats come
+back as a declared output folder; or, when workers share this machine's file system
+(``--shared-output``, or only local workers), they read the input and write the files in place,
+into a folder of the run's own. Either way the manager then moves the files of the one accepted
+run of a shard into the output folder, in commit order.
 
 How a worker imports ldawt: the library is pickled by reference, so the ``python`` first on
 vine_worker's PATH must have ldawt installed; ``ldawt-worker`` puts its own interpreter first.
@@ -23,6 +25,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ldawt.daemon.library import UNIQUE_OUTPUT
 from ldawt.manager import metrics
 
 from . import EngineError, Progress
@@ -60,7 +63,7 @@ class _Attempt:
     spec: dict[str, Any]
     number: int = 1
     not_before: float = 0.0
-    staged: Path | None = None
+    staged: Path | None = None  # where this attempt's files arrive before going into place
     files: list[Any] = field(default_factory=list)
 
 
@@ -99,6 +102,7 @@ class TaskVineEngine:
             if workers is not None:
                 workers.stop()
             m._free()  # ndcctools' only way to close the listening port and free the manager
+            shutil.rmtree(vine_dir / "incoming", ignore_errors=True)
 
 
 def _rows_of(specs: list[dict[str, Any]]) -> int:
@@ -169,11 +173,14 @@ class _Run:
         from ndcctools.taskvine import FunctionCall
 
         spec = attempt.spec
-        if self.options.shared_output:
-            call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, spec)
+        attempt.staged = self.vine_dir / "incoming" / f"{spec['shard_id']}.{attempt.number}"
+        attempt.staged.parent.mkdir(parents=True, exist_ok=True)
+        if self.options.writes_in_place():
+            # TaskVine may run a call again while a lost worker's library still finishes it:
+            # each run writes into a new folder of its own under the attempt's folder.
+            remote = {**spec, "output_dir": str(attempt.staged), UNIQUE_OUTPUT: True}
+            call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, remote)
         else:
-            attempt.staged = self.vine_dir / "incoming" / f"{spec['shard_id']}.{attempt.number}"
-            attempt.staged.parent.mkdir(parents=True, exist_ok=True)
             remote = {**spec, "input_path": INPUT_NAME, "output_dir": OUTPUT_NAME}
             call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, remote)
             source = self.m.declare_file(spec["input_path"], cache=False)
@@ -198,11 +205,13 @@ class _Run:
             if result.get("ok"):
                 self.ok_since_install += 1
                 self.last_start = time.monotonic()
-                if attempt.staged is not None:
-                    try:
-                        result = commit_outputs(attempt.staged, attempt.spec, result)
-                    except (OSError, ValueError, KeyError) as exc:
-                        return _failed(shard_id, attempt, f"outputs not returned: {exc}")
+                written = attempt.staged
+                if self.options.writes_in_place():
+                    written = Path(result["tar_path"]).parent
+                try:
+                    result = commit_outputs(written, attempt.spec, result)
+                except (OSError, ValueError, KeyError) as exc:
+                    return _failed(shard_id, attempt, f"outputs not returned: {exc}")
             return result
         finally:
             _drop_output_file(task)

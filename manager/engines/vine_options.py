@@ -31,6 +31,13 @@ class VineOptions:
     keepalive_s: int = 30
     stall_timeout_s: int = 60
 
+    def writes_in_place(self) -> bool:
+        """Workers write shard files on this machine's file system (shared, or this machine):
+        explicitly, or when only local workers can connect (no --port, no --name)."""
+        return self.shared_output or (
+            self.local_workers > 0 and self.port is None and self.name is None
+        )
+
     def manager_port(self) -> int:
         if self.port is not None:
             return self.port
@@ -86,14 +93,16 @@ def add_taskvine_options(parser: argparse.ArgumentParser) -> None:
         type=_at_least(0),
         default=None,
         help="start this many vine_worker processes on this machine (sharing its cores, memory "
-        "and disk) and stop them at the end; remote workers may join as well (default: 0 with "
-        "--engine taskvine, 1 with --engine auto)",
+        "and disk) and stop them at the end. Without --port or --name only they can connect, so "
+        "shard files are written in place as with --shared-output; with either, remote workers "
+        "may join too (default: 0 with --engine taskvine, 1 with --engine auto)",
     )
     g.add_argument(
         "--shared-output",
         action="store_true",
         help="workers see the output folder at the same path (shared file system): they read "
-        "shard inputs and write tars in place instead of transferring them (default: off)",
+        "shard inputs and write shard files there instead of sending them to the manager; the "
+        "manager moves each accepted shard's files into place (default: off)",
     )
     g.add_argument(
         "--max-in-flight",
