@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -208,6 +207,8 @@ def kill_mid_shard(
                 # In direct mode the library works in the call's sandbox while the call runs.
                 infile = Path(lib.cwd()) / "infile"
                 if busy and infile.exists():
+                    import cloudpickle  # the Debian 13 root has it; the host need not
+
                     event = cloudpickle.loads(infile.read_bytes())
                     under = descendants(worker_pid)
                     os.kill(worker_pid, signal.SIGKILL)
