@@ -87,7 +87,9 @@ def add_taskvine_options(parser: argparse.ArgumentParser) -> None:
         "then need --ssl. TLS encrypts the traffic but workers do not verify the manager's "
         "certificate, so TLS without --password-file authenticates neither side (default: none)",
     )
-    g.add_argument("--ssl-cert", default=None, help="TLS certificate (PEM) for --ssl-key")
+    g.add_argument(
+        "--ssl-cert", default=None, help="TLS certificate (PEM) for --ssl-key (default: none)"
+    )
     g.add_argument(
         "--local-workers",
         type=_at_least(0),
