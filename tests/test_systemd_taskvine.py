@@ -4,10 +4,8 @@
 systemd is not running here, so this test plays its part: the environment file is applied, the
 unit's ExecStart is run verbatim with systemd's default PATH, STATE_DIRECTORY and
 CREDENTIALS_DIRECTORY (with the password credential), and SIGTERM (KillSignal=) must end it
-within TimeoutStopSec with status 0.
-
-TODO(engine): once the TaskVine engine lands, serve a real shard (run_shard against a local
-origin) here instead of the trivial FunctionCall.
+within TimeoutStopSec with status 0. The worker serves a real shard through ldawt's own library
+(the one the TaskVine engine installs) against a loopback origin.
 """
 
 from __future__ import annotations
@@ -16,16 +14,24 @@ import contextlib
 import os
 import shlex
 import signal
-import sys
+import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from manager_support import Origin, running_origin
 from vine_helpers import LOCALHOST, log_tail, start_process, stop_process, vine_manager, wait_for
 
-from ldawt.daemon import service
+from ldawt.daemon import library, service
+from ldawt.manager.engines.vine_setup import (
+    LIBRARY_NAME,
+    SHARD_FUNCTION,
+    LibrarySize,
+    install_library,
+)
 
 pytestmark = pytest.mark.taskvine
 
@@ -33,15 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "ldawt-worker.service"
 ENV_EXAMPLE = REPO / "systemd" / "worker.env.example"
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
-LIB = "ldawt-unit-test"
-
-
-def echo_env(x: int) -> dict:
-    import os
-
-    import ldawt.daemon.worker  # noqa: F401 - only ldawt's own interpreter has it
-
-    return {"x": x, "cwd": os.getcwd(), "metrics": os.environ.get("LDAWT_METRICS_PORT")}
+ROWS = 20
 
 
 def unit_value(text: str, key: str) -> str:
@@ -50,17 +48,30 @@ def unit_value(text: str, key: str) -> str:
     return values[0]
 
 
-@pytest.fixture
-def by_value() -> Iterator[None]:
-    import cloudpickle
+def shard_spec(tmp_path: Path, origin: Origin) -> dict:
+    input_path = tmp_path / "shard.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "row": pa.array(range(ROWS), pa.int64()),
+                "url": [origin.url("img", i) for i in range(ROWS)],
+                "class": ["bird"] * ROWS,
+                "key": [f"k{i}" for i in range(ROWS)],
+                "label": pa.array([0] * ROWS, pa.int64()),
+            }
+        ),
+        input_path,
+    )
+    return {
+        "shard_id": "00000",
+        "input_path": str(input_path),
+        "output_dir": str(tmp_path / "out"),
+        "fetch": {"allow_private": True},
+    }
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
-
-def test_unit_execstart_with_example_env_serves_and_stops_on_sigterm(
-    tmp_path: Path, by_value: None
+def test_unit_execstart_with_example_env_serves_a_shard_and_stops_on_sigterm(
+    tmp_path: Path,
 ) -> None:
     from ndcctools.taskvine import FunctionCall
 
@@ -87,26 +98,31 @@ def test_unit_execstart_with_example_env_serves_and_stops_on_sigterm(
         **service.read_env_file(ENV_EXAMPLE.read_text()),
     }
 
-    with vine_manager(tmp_path, password_file=creds / service.PASSWORD_CREDENTIAL) as m:
+    with (
+        running_origin() as origin,
+        vine_manager(tmp_path, password_file=creds / service.PASSWORD_CREDENTIAL) as m,
+    ):
         # The one deviation from the example: the manager's real (free) port.
         env["LDAWT_MANAGER"] = f"{LOCALHOST}:{m.port}"
-        lib = m.create_library_from_functions(LIB, echo_env, exec_mode="direct", add_env=False)
-        lib.set_cores(1)
-        m.install_library(lib)
-        for i in range(2):
-            m.submit(FunctionCall(LIB, "echo_env", i))
+        install_library(m, LibrarySize(cores=1, memory_mb=1000, disk_mb=1000))
+        spec = shard_spec(tmp_path, origin)
+        m.submit(FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, spec))
         proc = start_process(argv, tmp_path / "service.log", state, env=env)
         try:
 
             def gone() -> str | None:
                 return None if proc.poll() is None else f"service exited {proc.returncode}"
 
-            tasks = wait_for(m, 2, deadline_s=120, alive=gone)
-            for t in tasks:
-                assert t.successful(), f"result={t.result} output={t.output!r}"
-            assert sorted(t.output["x"] for t in tasks) == [0, 1]
-            assert {t.output["metrics"] for t in tasks} == {env["LDAWT_METRICS_PORT"]}
-            assert all(t.output["cwd"].startswith(str(state / "vine")) for t in tasks)
+            (task,) = wait_for(m, 1, deadline_s=120, alive=gone)
+            assert task.successful(), f"result={task.result} output={task.output!r}"
+            result = task.output
+            assert result["ok"] and result["counts"] == {"ok": ROWS}, result
+            with tarfile.open(result["tar_path"]) as tar:
+                assert len(tar.getnames()) == ROWS
+            # the env file's metrics port reached the library (the next free one if taken)
+            first = int(env["LDAWT_METRICS_PORT"])
+            assert first <= result["metrics_port"] < first + library.METRICS_PORT_RANGE
+            assert (state / "vine").is_dir()  # the workspace is systemd's StateDirectory
 
             children = psutil.Process(proc.pid).children(recursive=True)
             t0 = time.monotonic()

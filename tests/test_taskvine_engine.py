@@ -11,7 +11,6 @@ import sys
 import sysconfig
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,17 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from manager_support import partial_files, run_manager, running_origin, start_manager, url_table
+from manager_support import (
+    Origin,
+    partial_files,
+    run_manager,
+    running_origin,
+    start_manager,
+    url_table,
+)
 from manager_support import wait_for as wait_until
 from metrics_support import free_port, scrape
 from vine_helpers import log_tail, start_process, start_vine_worker, stop_process, venv_path_env
-from vine_origin import origin_process
 
 from ldawt.daemon.fetcher.options import FetchOptions
 from ldawt.manager.engines import EngineError
@@ -40,14 +45,10 @@ SMALL = {"library_memory_mb": 300, "library_disk_mb": 300}
 
 
 @pytest.fixture
-def origin() -> Iterator[int]:
-    with origin_process() as port:
-        yield port
-
-
-def requests_served(port: int) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/requests", timeout=10) as r:
-        return int(r.read())
+def origin() -> Iterator[Origin]:
+    # In the test's process: the engine waits for TaskVine without holding the GIL.
+    with running_origin() as o:
+        yield o
 
 
 def make_specs(root: Path, port: int, shards: int, rows: int, **fetch: Any) -> list[dict[str, Any]]:
@@ -134,10 +135,9 @@ class Workers:
 
 
 def test_twenty_shards_over_two_workers_reuse_warm_libraries(
-    tmp_path: Path, origin: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, origin: Origin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    origin_port = origin
-    specs = make_specs(tmp_path, origin_port, shards=20, rows=25, concurrency=8)
+    specs = make_specs(tmp_path, origin.port, shards=20, rows=25, concurrency=8)
     port = free_port()
     engine = TaskVineEngine(VineOptions(port=port, **SMALL))
     # Each library process takes a free port for its /metrics and reports it in results.
@@ -153,7 +153,7 @@ def test_twenty_shards_over_two_workers_reuse_warm_libraries(
                     scraped.setdefault(r["pid"], scrape(r["metrics_port"]))
 
     check_outputs(tmp_path, specs, results)
-    assert requests_served(origin_port) == 20 * 25
+    assert origin.hits.total() == 20 * 25
     by_pid: dict[int, list[dict[str, Any]]] = {}
     for r in results:
         by_pid.setdefault(r["pid"], []).append(r)
@@ -234,7 +234,8 @@ def test_killed_worker_shard_reruns_elsewhere(
     lives on and finishes the shard: with --shared-output it writes beside the rerun, into a
     folder of its own, so the committed files are the rerun's alone."""
     timeouts = {} if whole_tree else {"keepalive_s": 3, "stall_timeout_s": 5}
-    with origin_process(delay_s=0.05) as origin_port:
+    with running_origin(delay_s=0.05) as origin:
+        origin_port = origin.port
         # 8 shards of about 0.4 s (60 rows, 8 at a time, 50 ms each) on two 1-core workers.
         specs = make_specs(tmp_path, origin_port, shards=8, rows=60, concurrency=8)
         port = free_port()
@@ -269,9 +270,8 @@ def test_killed_worker_shard_reruns_elsewhere(
 REFUSED = "wrong password for manager"  # vine_worker's words
 
 
-def test_worker_with_wrong_password_is_refused(tmp_path: Path, origin: int) -> None:
-    origin_port = origin
-    specs = make_specs(tmp_path, origin_port, shards=2, rows=5)
+def test_worker_with_wrong_password_is_refused(tmp_path: Path, origin: Origin) -> None:
+    specs = make_specs(tmp_path, origin.port, shards=2, rows=5)
     (tmp_path / "right").write_text("correct horse battery staple\n")
     (tmp_path / "wrong").write_text("not the password\n")
     port = free_port()
@@ -307,11 +307,10 @@ def test_worker_with_wrong_password_is_refused(tmp_path: Path, origin: int) -> N
     assert notes.notes[0].startswith("no worker connected")
 
 
-def test_library_that_cannot_import_ldawt_is_a_clear_error(tmp_path: Path, origin: int) -> None:
+def test_library_that_cannot_import_ldawt_is_a_clear_error(tmp_path: Path, origin: Origin) -> None:
     """A worker whose python has every dependency but not ldawt: the library dies at start-up
     (unpickling its functions), and the run stops with that error instead of waiting forever."""
-    origin_port = origin
-    specs = make_specs(tmp_path, origin_port, shards=3, rows=5)
+    specs = make_specs(tmp_path, origin.port, shards=3, rows=5)
     bindir = tmp_path / "bin"
     bindir.mkdir()
     python = bindir / "python"

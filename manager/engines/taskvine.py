@@ -33,6 +33,7 @@ from .vine_options import VineOptions
 from .vine_setup import (
     LIBRARY_NAME,
     SHARD_FUNCTION,
+    GilFreeWait,
     LibrarySize,
     LocalWorkers,
     commit_outputs,
@@ -44,8 +45,7 @@ from .vine_setup import (
     worker_command_hint,
 )
 
-# vine_wait (whole seconds; 0 neither accepts workers nor reads their results) holds the GIL
-# while it waits: other threads of the manager process only run between waits.
+# vine_wait takes whole seconds; 0 neither accepts workers nor reads their results.
 WAIT_S = 1
 WATCH_S = 1.0
 MIN_IN_FLIGHT = 16
@@ -127,6 +127,7 @@ class _Run:
         self.vine_dir = vine_dir
         self.workers = workers
         self.progress = progress
+        self.wait = GilFreeWait(m)
         self.running: dict[int, tuple[Any, _Attempt]] = {}
         self.ok_since_install = 0
         self.last_start = time.monotonic()
@@ -150,7 +151,7 @@ class _Run:
                     attempt = ready.popleft()
                     call = self._function_call(attempt)
                     self.running[self.m.submit(call)] = (call, attempt)
-                task = self.m.wait(WAIT_S)
+                task = self.wait(WAIT_S)
                 if task is None:
                     continue
                 _call, attempt = self.running.pop(task.id)

@@ -6,6 +6,7 @@ workers, and moving a shard's returned files into place.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -108,6 +109,34 @@ def install_library(m: Any, size: LibrarySize) -> None:
     # per library-sized share of each worker.
     lib.set_function_slots(1)
     m.install_library(lib)
+
+
+class GilFreeWait:
+    """``Manager.wait(timeout)`` that lets this process's other threads run meanwhile.
+
+    ndcctools' SWIG binding holds the GIL for the whole of vine_wait, so a thread of the manager
+    process (its /metrics server, the demo's origin) would only run between two waits. Through
+    ctypes the same C call releases it. Relies on two ndcctools internals (7.14): the manager's
+    C pointer ``_taskvine`` and its table of submitted tasks ``_task_table``.
+    """
+
+    def __init__(self, m: Any) -> None:
+        from ndcctools.taskvine import cvine
+
+        lib = ctypes.CDLL(cvine._cvine.__file__)
+        self._wait = lib.vine_wait_for_tag
+        self._wait.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int)
+        self._wait.restype = ctypes.c_void_p
+        self._task_id = lib.vine_task_get_id
+        self._task_id.argtypes = (ctypes.c_void_p,)
+        self._task_id.restype = ctypes.c_int
+        self._m = m
+        self._manager = int(m._taskvine)
+
+    def __call__(self, timeout_s: int) -> Any:
+        """The next finished task (the Python object submitted), or None after ``timeout_s``."""
+        task = self._wait(self._manager, None, timeout_s)
+        return self._m._task_table.pop(self._task_id(task)) if task else None
 
 
 def library_log_tail(m: Any) -> str:
