@@ -285,8 +285,31 @@ def stop_server(httpd: WSGIServer) -> None:
     httpd.server_close()
 
 
-_server: WSGIServer | None = None
-_server_lock = threading.Lock()
+class Endpoint:
+    """This process's one ``/metrics`` server for a registry: ``start`` serves it (later calls
+    return the port already serving), ``stop`` ends it."""
+
+    def __init__(self, registry: CollectorRegistry, name: str) -> None:
+        self._registry = registry
+        self._name = name
+        self._server: WSGIServer | None = None
+        self._lock = threading.Lock()
+
+    def start(self, address: str, port: int, port_range: int) -> int:
+        with self._lock:
+            if self._server is None:
+                self._server = serve_registry(self._registry, address, port, port_range)
+                log.info("%s metrics on %s:%d", self._name, address, self._server.server_port)
+            return self._server.server_port
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                stop_server(self._server)
+                self._server = None
+
+
+_ENDPOINT = Endpoint(REGISTRY, "daemon")
 
 
 def start_metrics_server(address: str, port: int, port_range: int) -> int:
@@ -295,19 +318,10 @@ def start_metrics_server(address: str, port: int, port_range: int) -> int:
     ``port_range`` is how many consecutive ports to try from ``port``. Meant to be called once
     per process (the library context); later calls return the port already serving.
     """
-    global _server
-    with _server_lock:
-        if _server is None:
-            _preinitialize_statuses()
-            _server = serve_registry(REGISTRY, address, port, port_range)
-            log.info("daemon metrics on %s:%d", address, _server.server_port)
-        return _server.server_port
+    _preinitialize_statuses()
+    return _ENDPOINT.start(address, port, port_range)
 
 
 def stop_metrics_server() -> None:
     """Stop the server started by ``start_metrics_server`` (tests, clean shutdown)."""
-    global _server
-    with _server_lock:
-        if _server is not None:
-            stop_server(_server)
-            _server = None
+    _ENDPOINT.stop()

@@ -21,12 +21,10 @@ import logging
 import math
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     Counter,
@@ -35,7 +33,7 @@ from prometheus_client import (
 )
 
 from ldawt.daemon.fetcher.errors import ALL_STATUSES, DUPLICATE, OK
-from ldawt.daemon.metrics import SHARD_BUCKETS, new_registry, serve_registry, stop_server
+from ldawt.daemon.metrics import SHARD_BUCKETS, Endpoint, new_registry
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +214,7 @@ def write_worker_targets(
         raise
 
 
-_server: WSGIServer | None = None
-_server_lock = threading.Lock()
+_ENDPOINT = Endpoint(REGISTRY, "manager")
 
 
 def start_manager_metrics_server(address: str, port: int) -> int:
@@ -227,17 +224,8 @@ def start_manager_metrics_server(address: str, port: int) -> int:
     address, so a port in use raises ``OSError``. Port 0 picks a free port (tests). Later calls
     return the port already serving.
     """
-    global _server
-    with _server_lock:
-        if _server is None:
-            _server = serve_registry(REGISTRY, address, port, 1)
-            log.info("manager metrics on %s:%d", address, _server.server_port)
-        return _server.server_port
+    return _ENDPOINT.start(address, port, 1)
 
 
 def stop_manager_metrics_server() -> None:
-    global _server
-    with _server_lock:
-        if _server is not None:
-            stop_server(_server)
-            _server = None
+    _ENDPOINT.stop()
