@@ -50,7 +50,12 @@ class Progress:
         self._seen_bytes: Counter[str] = Counter()
 
     def add(self, delta: dict[str, Any]) -> None:
-        """Count a progress delta (``counts`` status -> rows, ``bytes``) from a running shard."""
+        """Count a progress delta (``counts`` status -> rows, ``bytes``) from a running shard.
+        A delta without a shard (``shard_id`` None) sets the engine's ``note`` instead."""
+        if delta["shard_id"] is None:
+            self.note = delta.get("note", "")
+            self.render(force=True)
+            return
         counts = delta.get("counts", {})
         self._seen.setdefault(delta["shard_id"], Counter()).update(counts)
         self._seen_bytes[delta["shard_id"]] += delta.get("bytes", 0)

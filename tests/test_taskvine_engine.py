@@ -388,6 +388,8 @@ def test_manager_killed_mid_job_resumes_from_the_ledger(tmp_path: Path) -> None:
 
         final = run_manager(*args, timeout=60)
         assert final.returncode == 0, final.stderr + log.read_text()
+    # Until its local workers connected, the progress line said there was none.
+    assert "no worker connected to" in log.read_text() + final.stderr
 
     rows = []
     for manifest in sorted(out.glob("*.manifest.parquet")):

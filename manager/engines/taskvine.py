@@ -99,9 +99,10 @@ class TaskVineEngine:
                 )
             yield from _Run(m, self.options, size, vine_dir, workers, progress).results(specs)
         finally:
+            # The manager goes first: a worker blocked writing to it would not stop otherwise.
+            m._free()  # ndcctools' only way to close the listening port and free the manager
             if workers is not None:
                 workers.stop()
-            m._free()  # ndcctools' only way to close the listening port and free the manager
             shutil.rmtree(vine_dir / "incoming", ignore_errors=True)
 
 
@@ -184,7 +185,8 @@ class _Run:
         else:
             remote = {**spec, "input_path": INPUT_NAME, "output_dir": OUTPUT_NAME}
             call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, remote)
-            source = self.m.declare_file(spec["input_path"], cache=False)
+            # Each input goes to one worker once: not worth offering from peers.
+            source = self.m.declare_file(spec["input_path"], cache=False, peer_transfer=False)
             staged = self.m.declare_file(str(attempt.staged), cache=False)
             call.add_input(source, INPUT_NAME)
             call.add_output(staged, OUTPUT_NAME)

@@ -6,6 +6,7 @@ workers, and moving a shard's returned files into place.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -14,9 +15,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from ldawt.daemon import library
 from ldawt.daemon.fetcher.options import FetchOptions
@@ -204,15 +208,25 @@ class LocalWorkers:
         return [p.returncode for p in self.procs if p.poll() is not None]
 
     def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM each worker, SIGKILL what is left after ``grace_s``, then whatever ran under
+        them (vine_worker's transfer server and libraries can outlive it)."""
+        under = []
         for p in self.procs:
+            with contextlib.suppress(psutil.Error):
+                under += psutil.Process(p.pid).children(recursive=True)
             if p.poll() is None:
                 p.terminate()
+        deadline = time.monotonic() + grace_s
         for p in self.procs:
             try:
-                p.wait(timeout=grace_s)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
-                p.wait(timeout=grace_s)
+                p.wait()
+        _, alive = psutil.wait_procs(under, timeout=max(0.0, deadline - time.monotonic()))
+        for child in alive:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
 
 
 def commit_outputs(staged: Path, spec: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
