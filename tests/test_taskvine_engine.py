@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -305,6 +306,55 @@ def test_worker_with_wrong_password_is_refused(tmp_path: Path, origin: Origin) -
     good_log = log_tail(tmp_path / "good" / "worker.log", 400)
     assert "password" not in good_log, good_log
     assert notes.notes[0].startswith("no worker connected")
+
+
+def test_tls_with_a_password(tmp_path: Path, origin: Origin) -> None:
+    """--ssl-key/--ssl-cert: a worker with --ssl and the password is served; one without TLS
+    fails the exchange (vine_worker reports it as a wrong password) and gets nothing."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subprocess.run(
+        [*openssl, "-batch", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    (tmp_path / "password").write_text("correct horse battery staple\n")
+    specs = make_specs(tmp_path, origin.port, shards=2, rows=5)
+    port = free_port()
+    options = VineOptions(
+        port=port,
+        password_file=str(tmp_path / "password"),
+        ssl_key=str(key),
+        ssl_cert=str(cert),
+        **SMALL,
+    )
+    password = f"--password={tmp_path / 'password'}"
+    workers: dict[str, Any] = {}
+
+    def plain_then_tls() -> None:
+        workers["plain"] = start_vine_worker(port, tmp_path / "plain", password)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and REFUSED not in log_tail(
+            tmp_path / "plain" / "worker.log"
+        ):
+            time.sleep(0.1)
+        workers["tls"] = start_vine_worker(port, tmp_path / "tls", password, "--ssl")
+
+    helper = threading.Thread(target=plain_then_tls)
+    results = []
+    try:
+        for result in TaskVineEngine(options).run(specs, Notes(on_first=helper.start)):
+            results.append(result)
+            served_by_tls = {p.pid for p in descendants(workers["tls"].pid)}
+    finally:
+        helper.join()
+        for w in workers.values():
+            stop_tree(w)
+    check_outputs(tmp_path, specs, results)
+    # Every shard ran in the TLS worker's library; the plain one never got past the handshake.
+    assert {r["pid"] for r in results} <= served_by_tls
+    assert REFUSED in log_tail(tmp_path / "plain" / "worker.log")
 
 
 def test_library_that_cannot_import_ldawt_is_a_clear_error(tmp_path: Path, origin: Origin) -> None:
