@@ -19,15 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 SOURCE = Path("/work/shared/data/inat_subset_45k.parquet")
 ID_STRIDE = 10**10  # new ids: repeat k of photo p gets id p + k * ID_STRIDE
 
 
 def synthesise(rows: int, destination: Path) -> None:
+    # Imported here: the planning child must load pyarrow through ldawt, which picks Arrow's
+    # allocator first, as in ldawt-manager.
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     base = pq.read_table(SOURCE)
     ids = base.column("photo_id")
     schema = base.schema
