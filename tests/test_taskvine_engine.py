@@ -4,6 +4,7 @@ ldawt library in "direct" mode, and a loopback origin."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -357,40 +358,30 @@ def test_tls_with_a_password(tmp_path: Path, origin: Origin) -> None:
     assert REFUSED in log_tail(tmp_path / "plain" / "worker.log")
 
 
-def test_library_that_cannot_import_ldawt_is_a_clear_error(tmp_path: Path, origin: Origin) -> None:
-    """A worker whose python has every dependency but not ldawt: the library dies at start-up
-    (unpickling its functions), and the run stops with that error instead of waiting forever."""
-    specs = make_specs(tmp_path, origin.port, shards=3, rows=5)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    python = bindir / "python"
-    # The base interpreter with this venv's packages on PYTHONPATH: the editable install of
-    # ldawt lives in a .pth file, which only site directories read, so ldawt is not importable.
+def start_worker_without_ldawt(port: int, workdir: Path) -> Any:
+    """A vine_worker whose ``python`` has every dependency of the library but not ldawt: the
+    base interpreter with this venv's packages on PYTHONPATH (the editable install of ldawt
+    lives in a .pth file, which only site directories read)."""
+    bindir = workdir / "bin"
+    bindir.mkdir(parents=True)
     site_packages = sysconfig.get_paths()["purelib"]
     base = Path(sys.base_prefix) / "bin" / "python3"
-    python.write_text(f'#!/bin/sh\nPYTHONPATH={site_packages} exec {base} "$@"\n')
-    python.chmod(0o755)
-    port = free_port()
-    engine = TaskVineEngine(VineOptions(port=port, library_retries=0, **SMALL))
+    (bindir / "python").write_text(f'#!/bin/sh\nPYTHONPATH={site_packages} exec {base} "$@"\n')
+    (bindir / "python").chmod(0o755)
     env = venv_path_env()
     env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
-    (tmp_path / "w").mkdir()
-    worker = start_process(
-        [
-            "vine_worker",
-            "--cores=1",
-            "--memory=1000",
-            "--disk=2000",
-            f"--workspace={tmp_path / 'w' / 'ws'}",
-            "--timeout=120",
-            "--parent-death",
-            "127.0.0.1",
-            str(port),
-        ],
-        tmp_path / "w" / "worker.log",
-        tmp_path / "w",
-        env=env,
-    )
+    argv = ["vine_worker", "--cores=1", "--memory=1000", "--disk=2000", "--timeout=120"]
+    argv += [f"--workspace={workdir / 'ws'}", "--parent-death", "127.0.0.1", str(port)]
+    return start_process(argv, workdir / "worker.log", workdir, env=env)
+
+
+def test_library_that_cannot_import_ldawt_is_a_clear_error(tmp_path: Path, origin: Origin) -> None:
+    """The library dies at start-up (unpickling its functions) on the only worker: the run
+    stops with that error instead of waiting forever."""
+    specs = make_specs(tmp_path, origin.port, shards=3, rows=5)
+    port = free_port()
+    engine = TaskVineEngine(VineOptions(port=port, library_retries=0, **SMALL))
+    worker = start_worker_without_ldawt(port, tmp_path / "w")
     started = time.monotonic()
     try:
         with pytest.raises(EngineError) as failure:
@@ -401,6 +392,48 @@ def test_library_that_cannot_import_ldawt_is_a_clear_error(tmp_path: Path, origi
     assert "No module named 'ldawt'" in message, message
     assert "install ldawt on the workers" in message
     assert time.monotonic() - started < 60
+
+
+def test_library_removed_after_serving_is_installed_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken worker joins mid-job: its library failures make TaskVine remove the library
+    everywhere and lose the call it was dispatching; as shards had succeeded, the engine
+    installs the library again, submits the lost call again, and the job completes."""
+    broken: list[Any] = []
+
+    class BrokenLeaves(logging.Handler):
+        """Once the lost call is submitted again, the broken worker leaves: it could otherwise
+        be handed the last calls again and again, some 8 s each, and the test would be slow."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "submitting them again" in record.getMessage():
+                for w in broken:
+                    stop_tree(w)
+
+    handler = BrokenLeaves()
+    logging.getLogger("ldawt.manager.engines.taskvine").addHandler(handler)
+    # About 0.5 s a shard: the good worker is still busy when TaskVine gives a call to the
+    # broken one again (5 s after its library failed), which removes the library.
+    try:
+        with running_origin(delay_s=0.1) as origin:
+            specs = make_specs(tmp_path, origin.port, shards=30, rows=40, concurrency=8)
+            port = free_port()
+            engine = TaskVineEngine(VineOptions(port=port, library_retries=0, **SMALL))
+            results: list[dict[str, Any]] = []
+            with Workers(port, tmp_path, 1) as workers:
+                workers.start()
+                for result in engine.run(specs, Notes()):
+                    results.append(result)
+                    if not broken:
+                        broken.append(start_worker_without_ldawt(port, tmp_path / "broken"))
+    finally:
+        logging.getLogger("ldawt.manager.engines.taskvine").removeHandler(handler)
+        for w in broken:
+            stop_tree(w)
+    check_outputs(tmp_path, specs, results)
+    assert "installing it again" in caplog.text
+    assert "submitting them again" in caplog.text
 
 
 def test_manager_killed_mid_job_resumes_from_the_ledger(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ vine_worker's PATH must have ldawt installed; ``ldawt-worker`` puts its own inte
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections import deque
@@ -56,6 +57,8 @@ NOT_STARTING_S = 60.0
 INPUT_NAME = "input.parquet"
 OUTPUT_NAME = "out"
 SIZE_SAMPLE = 64
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,7 +133,8 @@ class _Run:
         self.progress = progress
         self.wait = GilFreeWait(m)
         self.running: dict[int, tuple[Any, _Attempt]] = {}
-        self.ok_since_install = 0
+        self.cancelled: set[int] = set()  # calls cancelled to be submitted again (_requeue_lost)
+        self.served = False  # a shard succeeded: the library works on some worker
         self.last_start = time.monotonic()
         self.note = ""
         self.limit = options.max_in_flight or MIN_IN_FLIGHT
@@ -156,6 +160,11 @@ class _Run:
                 if task is None:
                     continue
                 _call, attempt = self.running.pop(task.id)
+                if task.id in self.cancelled:
+                    self.cancelled.discard(task.id)
+                    self._release(task, attempt)
+                    ready.appendleft(attempt)
+                    continue
                 result = self._finish(task, attempt)
                 if result.get("ok") or attempt.number >= self.options.shard_attempts:
                     yield result
@@ -206,7 +215,7 @@ class _Run:
                 return _failed(shard_id, attempt, f"taskvine: {output}")
             result = {**output, "attempts": attempt.number, "worker": task.addrport}
             if result.get("ok"):
-                self.ok_since_install += 1
+                self.served = True
                 self.last_start = time.monotonic()
                 written = attempt.staged
                 if self.options.writes_in_place():
@@ -217,8 +226,11 @@ class _Run:
                     return _failed(shard_id, attempt, f"outputs not returned: {exc}")
             return result
         finally:
-            _drop_output_file(task)
-            self._forget(attempt)
+            self._release(task, attempt)
+
+    def _release(self, task: Any, attempt: _Attempt) -> None:
+        _drop_output_file(task)
+        self._forget(attempt)
 
     def _forget(self, attempt: _Attempt) -> None:
         for f in attempt.files:
@@ -228,14 +240,22 @@ class _Run:
             shutil.rmtree(attempt.staged, ignore_errors=True)
 
     def _watch(self) -> None:
-        """Between waits: the library still installed, workers present, the note up to date."""
+        """Between waits: the library still installed, no call lost, workers present, the note
+        up to date."""
         if not self.m.check_library_exists(LIBRARY_NAME):
-            if not self.ok_since_install:
+            if not self.served:
                 raise EngineError(self._library_failed())
-            # It worked on some worker before: a passing failure (one broken worker), retry.
-            self.ok_since_install = 0
+            # It works on some worker: TaskVine counts the failures of all workers together,
+            # and these were other workers' (e.g. a broken one joined).
+            log.warning(
+                "the library '%s' failed on a worker and TaskVine removed it; installing it "
+                "again (%s)",
+                LIBRARY_NAME,
+                library_log_tail(self.m),
+            )
             install_library(self.m, self.size)
         stats = self.m.stats
+        self._requeue_lost(stats.tasks_waiting)
         metrics.set_workers_connected(stats.workers_connected)
         metrics.set_function_calls_in_flight(len(self.running))
         if not self.options.max_in_flight:
@@ -260,6 +280,21 @@ class _Run:
         else:
             note = ""
         self._set_note(note)
+
+    def _requeue_lost(self, queued: int) -> None:
+        """Submit again the calls TaskVine lost. TaskVine 7.14 takes a call off its ready queue
+        to dispatch it and ignores a failure to start the library for it there (the library
+        failed moments ago, or has just been removed): the call stays READY, in no queue, and
+        would never run. Calls are lost when more are READY than queued; which ones cannot be
+        told, so every READY call is cancelled (each comes back, whatever TaskVine takes off its
+        queue for a lost one) and submitted again."""
+        ready = [task_id for task_id, (call, _) in self.running.items() if call.state == "READY"]
+        if len(ready) <= queued:
+            return
+        log.warning("TaskVine lost %d call(s); submitting them again", len(ready) - queued)
+        for task_id in ready:
+            self.m.cancel_by_task_id(task_id)
+        self.cancelled.update(ready)
 
     def _set_note(self, note: str) -> None:
         if note != self.note:

@@ -43,7 +43,7 @@ LIBRARY_LOG_LINES = 25
 
 def open_manager(options: VineOptions, vine_dir: Path) -> Any:
     """A listening ``ndcctools.taskvine.Manager`` with its logs and staging under ``vine_dir``."""
-    from ndcctools.taskvine import Manager
+    from ndcctools.taskvine import Manager, cvine
 
     ssl = (options.ssl_key, options.ssl_cert) if options.ssl_key else None
     try:
@@ -67,7 +67,13 @@ def open_manager(options: VineOptions, vine_dir: Path) -> Any:
     # A library failing at start-up is retried on a worker after this interval (TaskVine's
     # default of 15 s makes a broken deployment take a minute to report).
     m.tune("transient-error-interval", 5)
+    # TaskVine 7.14 caps this at 1 (it keeps the smaller of 1 and the value asked for).
     m.tune("max-library-retries", options.library_retries)
+    # TaskVine's default gives a call to the first worker in its table that can take it (the
+    # calls have no cached inputs to prefer one by): a worker whose library cannot start, free
+    # again a few seconds after each failure, took the same call over and over while a healthy
+    # worker waited. At random, the healthy one gets it too.
+    m.set_scheduler(cvine.VINE_SCHEDULE_RAND)
     # A worker whose connection stays open while it no longer answers (vine_worker killed while
     # its transfer-server child still holds the socket) is declared lost after about twice the
     # keepalive, not TaskVine's five minutes; meanwhile a read from it blocks the whole manager
