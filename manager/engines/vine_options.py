@@ -27,7 +27,7 @@ class VineOptions:
     library_cores: int = 1
     library_memory_mb: int | None = None
     library_disk_mb: int | None = None
-    library_retries: int = 2
+    library_retries: int = 1
     keepalive_s: int = 30
     stall_timeout_s: int = 60
 
@@ -144,8 +144,9 @@ def add_taskvine_options(parser: argparse.ArgumentParser) -> None:
         "--library-retries",
         type=_at_least(0),
         default=VineOptions.library_retries,
-        help="library start-up failures tolerated before the run stops with the library's "
-        "error, while no shard has succeeded (default: %(default)s)",
+        help="library start-up failures, over all workers, before TaskVine removes the "
+        "library (TaskVine 7.14 allows at most 1); the run then stops with the library's error "
+        "if no shard has succeeded, else installs it again (default: %(default)s)",
     )
 
 
