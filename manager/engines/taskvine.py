@@ -135,6 +135,7 @@ class _Run:
         self.running: dict[int, tuple[Any, _Attempt]] = {}
         self.cancelled: set[int] = set()  # calls cancelled to be submitted again (_requeue_lost)
         self.served = False  # a shard succeeded: the library works on some worker
+        self.reinstalls = 0
         self.last_start = time.monotonic()
         self.note = ""
         self.limit = options.max_in_flight or MIN_IN_FLIGHT
@@ -247,12 +248,8 @@ class _Run:
                 raise EngineError(self._library_failed())
             # It works on some worker: TaskVine counts the failures of all workers together,
             # and these were other workers' (e.g. a broken one joined).
-            log.warning(
-                "the library '%s' failed on a worker and TaskVine removed it; installing it "
-                "again (%s)",
-                LIBRARY_NAME,
-                library_log_tail(self.m),
-            )
+            self.reinstalls += 1
+            self._warn_reinstall()
             install_library(self.m, self.size)
         stats = self.m.stats
         self._requeue_lost(stats.tasks_waiting)
@@ -280,6 +277,26 @@ class _Run:
         else:
             note = ""
         self._set_note(note)
+
+    def _warn_reinstall(self) -> None:
+        """A broken worker that stays connected makes this happen every few seconds: the log
+        tail once, then a line at the 2nd, 4th, 8th, ... time."""
+        n = self.reinstalls
+        if n == 1:
+            log.warning(
+                "the library '%s' failed on a worker and TaskVine removed it; installing it "
+                "again (%s)",
+                LIBRARY_NAME,
+                library_log_tail(self.m),
+            )
+        elif n & (n - 1) == 0:
+            log.warning(
+                "the library '%s' was removed and installed again %d times: a worker cannot "
+                "start it (stop that worker or block its host; library logs in %s)",
+                LIBRARY_NAME,
+                n,
+                self.m.library_logging_directory,
+            )
 
     def _requeue_lost(self, queued: int) -> None:
         """Submit again the calls TaskVine lost. TaskVine 7.14 takes a call off its ready queue
