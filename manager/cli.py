@@ -11,6 +11,7 @@ from pathlib import Path
 from ldawt.daemon.fetcher.options import FetchOptions
 
 from . import demo, metrics, report
+from .argtypes import at_least
 from .config import apply_config
 from .engines import add_engine_options, make_engine
 from .inputs import InputError
@@ -26,13 +27,6 @@ PLAN_DEFAULTS = PlanOptions()
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return number
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +52,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument(
         "--shard-size",
-        type=_positive_int,
+        type=at_least(1),
         default=PLAN_DEFAULTS.shard_size,
         help="rows per shard (default: %(default)s)",
     )
@@ -71,7 +65,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--groups",
-        type=_positive_int,
+        type=at_least(1),
         default=None,
         help="strategy class: number of shards (default: rows / --shard-size)",
     )
@@ -96,13 +90,13 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     fetch = parser.add_argument_group("downloading")
     fetch.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=at_least(1),
         default=DEFAULTS.concurrency,
         help="requests in flight per worker process (default: %(default)s)",
     )
     fetch.add_argument(
         "--per-host",
-        type=_positive_int,
+        type=at_least(1),
         default=DEFAULTS.per_host,
         help="requests in flight per host (default: %(default)s)",
     )
@@ -132,7 +126,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     fetch.add_argument(
         "--max-bytes",
-        type=_positive_int,
+        type=at_least(1),
         default=DEFAULTS.max_bytes,
         help="largest image accepted, in bytes (default: %(default)s)",
     )
@@ -259,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", type=Path, help="a real URL list to rewrite (default: a synthetic list)"
     )
     demo_cmd.add_argument(
-        "--rows", type=_positive_int, default=2000, help="rows to take (default: %(default)s)"
+        "--rows", type=at_least(1), default=2000, help="rows to take (default: %(default)s)"
     )
     demo_cmd.add_argument(
         "--out", type=Path, help="output folder (default: a new temporary folder)"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..argtypes import at_least
 from . import EngineError
 
 DEFAULT_PORT = 9123  # TaskVine's well-known port
@@ -45,16 +45,6 @@ class VineOptions:
         return 0 if self.local_workers and not self.name else DEFAULT_PORT
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        number = int(value)
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return number
-
-    return parse
-
-
 def add_taskvine_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "taskvine engine",
@@ -92,7 +82,7 @@ def add_taskvine_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--local-workers",
-        type=_at_least(0),
+        type=at_least(0),
         default=None,
         help="start this many vine_worker processes on this machine (sharing its cores, memory "
         "and disk) and stop them at the end. Without --port or --name only they can connect, so "
@@ -108,41 +98,41 @@ def add_taskvine_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-in-flight",
-        type=_at_least(1),
+        type=at_least(1),
         default=None,
         help="function calls submitted at once (default: twice the connected workers' cores, "
         "at least 16)",
     )
     g.add_argument(
         "--shard-attempts",
-        type=_at_least(1),
+        type=at_least(1),
         default=VineOptions.shard_attempts,
         help="attempts per shard within one run, with growing pauses between them, before the "
         "shard is reported failed (default: %(default)s)",
     )
     g.add_argument(
         "--library-cores",
-        type=_at_least(1),
+        type=at_least(1),
         default=VineOptions.library_cores,
         help="cores per library process; a worker runs one library process (one event loop "
         "and connection pool) per this many cores (default: %(default)s)",
     )
     g.add_argument(
         "--library-memory-mb",
-        type=_at_least(1),
+        type=at_least(1),
         default=None,
         help="memory per library process (default: 512 MB plus the fetcher's image buffer)",
     )
     g.add_argument(
         "--library-disk-mb",
-        type=_at_least(1),
+        type=at_least(1),
         default=None,
         help="disk per library process, for one shard's files (default: 0.25 MB per row of "
         "the largest shard, at least 1024)",
     )
     g.add_argument(
         "--library-retries",
-        type=_at_least(0),
+        type=at_least(0),
         default=VineOptions.library_retries,
         help="library start-up failures, over all workers, before TaskVine removes the "
         "library (TaskVine 7.14 allows at most 1); the run then stops with the library's error "
