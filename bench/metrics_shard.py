@@ -11,11 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ldawt.daemon.metrics import start_metrics_server
-from ldawt.daemon.shard import run_shard
+from ldawt.daemon.shard import run_shard, write_shard_input
 
 
 def main() -> int:
@@ -24,18 +23,7 @@ def main() -> int:
     n = len(urls)
     shard_input = out / "input.parquet"
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.table(
-            {
-                "row": pa.array(range(n), pa.int64()),
-                "url": urls,
-                "class": ["c"] * n,
-                "key": [str(i) for i in range(n)],
-                "label": pa.array([0] * n, pa.int64()),
-            }
-        ),
-        shard_input,
-    )
+    write_shard_input(shard_input, urls, ["c"] * n, [str(i) for i in range(n)])
     print(json.dumps({"port": start_metrics_server("127.0.0.1", 0, 1)}), flush=True)
     sys.stdin.readline()
     result = run_shard(

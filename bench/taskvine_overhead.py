@@ -39,10 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from ldawt.daemon.fetcher.options import FetchOptions
+from ldawt.daemon.shard import write_shard_input
 from ldawt.daemon.worker import detect_cores
 from ldawt.manager.engines.local import LocalEngine
 from ldawt.manager.engines.taskvine import TaskVineEngine
@@ -102,18 +100,16 @@ def make_inputs(folder: Path, port: int, shards: int, rows: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for s in range(shards):
-        numbers = list(range(s * rows, (s + 1) * rows))
-        table = pa.table(
-            {
-                "row": pa.array(numbers, pa.int64()),
-                "url": [f"http://127.0.0.1:{port}/img/{n}.jpg" for n in numbers],
-                "class": [f"c{n % 10}" for n in numbers],
-                "key": [str(n) for n in numbers],
-                "label": pa.array([n % 10 for n in numbers], pa.int64()),
-            }
-        )
+        numbers = range(s * rows, (s + 1) * rows)
         paths.append(folder / f"{s:05d}.parquet")
-        pq.write_table(table, paths[-1])
+        write_shard_input(
+            paths[-1],
+            [f"http://127.0.0.1:{port}/img/{n}.jpg" for n in numbers],
+            [f"c{n % 10}" for n in numbers],
+            [str(n) for n in numbers],
+            [n % 10 for n in numbers],
+            s * rows,
+        )
     return paths
 
 

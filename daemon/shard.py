@@ -13,11 +13,12 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import metrics
@@ -69,6 +70,29 @@ class ShardSpec:
     @property
     def stats_path(self) -> Path:
         return Path(self.output_dir) / f"{self.shard_id}_stats.json"
+
+
+def write_shard_input(
+    path: Path,
+    urls: Sequence[str | None],
+    classes: Sequence[str],
+    keys: Sequence[str],
+    labels: Sequence[int] | None = None,
+    first_row: int = 0,
+) -> None:
+    """Write a shard input file (``INPUT_COLUMNS``) by hand, for ``run_shard`` without the
+    planner: rows numbered from ``first_row``, labels 0 unless given."""
+    n = len(urls)
+    table = pa.table(
+        {
+            "row": pa.array(range(first_row, first_row + n), pa.int64()),
+            "url": pa.array(urls, pa.string()),
+            "class": pa.array(classes, pa.string()),
+            "key": pa.array(keys, pa.string()),
+            "label": pa.array([0] * n if labels is None else labels, pa.int64()),
+        }
+    )
+    pq.write_table(table, path)
 
 
 def run_shard(spec: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fault_origin import PNG_HEADER, FaultOrigin
 
 from ldawt.daemon import metrics
-from ldawt.daemon.shard import run_shard
+from ldawt.daemon.shard import run_shard, write_shard_input
 from ldawt.manager.demo import serve_in_background
 
 FAST_FETCH = {
@@ -44,18 +43,10 @@ def run_rows(
     **spec: Any,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     n = len(urls)
-    classes = classes or ["bird"] * n
-    table = pa.table(
-        {
-            "row": pa.array(range(n), pa.int64()),
-            "url": pa.array(urls, pa.string()),
-            "class": classes,
-            "key": keys or [f"k{i}" for i in range(n)],
-            "label": pa.array([0] * n, pa.int64()),
-        }
-    )
     input_path = tmp_path / "in.parquet"
-    pq.write_table(table, input_path)
+    write_shard_input(
+        input_path, urls, classes or ["bird"] * n, keys or [f"k{i}" for i in range(n)]
+    )
     fetch = {**FAST_FETCH, **spec.pop("fetch", {})}
     result = run_shard(
         {

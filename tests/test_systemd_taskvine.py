@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from manager_support import Origin, running_origin
 from vine_helpers import LOCALHOST, log_tail, start_process, stop_process, vine_manager, wait_for
 
 from ldawt.daemon import library, service
+from ldawt.daemon.shard import write_shard_input
 from ldawt.manager.engines.vine_setup import (
     LIBRARY_NAME,
     SHARD_FUNCTION,
@@ -50,18 +49,8 @@ def unit_value(text: str, key: str) -> str:
 
 def shard_spec(tmp_path: Path, origin: Origin) -> dict:
     input_path = tmp_path / "shard.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "row": pa.array(range(ROWS), pa.int64()),
-                "url": [origin.url("img", i) for i in range(ROWS)],
-                "class": ["bird"] * ROWS,
-                "key": [f"k{i}" for i in range(ROWS)],
-                "label": pa.array([0] * ROWS, pa.int64()),
-            }
-        ),
-        input_path,
-    )
+    urls = [origin.url("img", i) for i in range(ROWS)]
+    write_shard_input(input_path, urls, ["bird"] * ROWS, [f"k{i}" for i in range(ROWS)])
     return {
         "shard_id": "00000",
         "input_path": str(input_path),

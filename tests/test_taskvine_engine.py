@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from manager_support import (
@@ -34,6 +33,7 @@ from metrics_support import free_port, scrape
 from vine_helpers import log_tail, start_process, start_vine_worker, stop_process, venv_path_env
 
 from ldawt.daemon.fetcher.options import FetchOptions
+from ldawt.daemon.shard import write_shard_input
 from ldawt.manager.engines import EngineError
 from ldawt.manager.engines.taskvine import TaskVineEngine
 from ldawt.manager.engines.vine_options import VineOptions
@@ -61,18 +61,16 @@ def make_specs(root: Path, port: int, shards: int, rows: int, **fetch: Any) -> l
     specs = []
     for s in range(shards):
         first = s * rows
-        numbers = list(range(first, first + rows))
-        table = pa.table(
-            {
-                "row": pa.array(numbers, pa.int64()),
-                "url": [f"http://127.0.0.1:{port}/img/{n}.jpg" for n in numbers],
-                "class": [f"c{n % 3}" for n in numbers],
-                "key": [str(n) for n in numbers],
-                "label": pa.array([n % 3 for n in numbers], pa.int64()),
-            }
-        )
+        numbers = range(first, first + rows)
         path = shard_dir / f"{s:05d}.parquet"
-        pq.write_table(table, path)
+        write_shard_input(
+            path,
+            [f"http://127.0.0.1:{port}/img/{n}.jpg" for n in numbers],
+            [f"c{n % 3}" for n in numbers],
+            [str(n) for n in numbers],
+            [n % 3 for n in numbers],
+            first,
+        )
         specs.append(
             {
                 "shard_id": f"{s:05d}",
