@@ -17,7 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .worker import PASSWORD_CREDENTIAL, UsageError, add_worker_options
+from .worker import (
+    PASSWORD_CREDENTIAL,
+    UsageError,
+    WorkerConfig,
+    add_worker_options,
+    check_manager,
+    check_password_file,
+)
 
 DEFAULT_EXEC = "/opt/ldawt/venv/bin/ldawt-worker"
 CONFIG_DIR = "/etc/ldawt"
@@ -293,8 +300,6 @@ def install_parser() -> argparse.ArgumentParser:
 
 
 def plan(ns: argparse.Namespace) -> list[Action]:
-    if ns.manager and ns.name:
-        raise UsageError("give only one of --manager and --name")
     root = Path(ns.root).absolute()
     exec_path = ns.exec_path or this_executable()
     if not os.path.isabs(exec_path):
@@ -323,10 +328,8 @@ def plan(ns: argparse.Namespace) -> list[Action]:
         text += "LoadCredential=\n"
         actions.append(Action(f"write {dropin}:\n{text}", _write(dropin, text, 0o644)))
     if ns.password_file:
-        try:
-            secret = Path(ns.password_file).read_text()
-        except OSError as e:
-            raise UsageError(f"cannot read password file {ns.password_file}: {e.strerror}") from e
+        check_password_file(ns.password_file)
+        secret = Path(ns.password_file).read_text()
         pw_path = etc / f"{stem}.password"
         actions.append(
             Action(
@@ -345,8 +348,7 @@ def plan(ns: argparse.Namespace) -> list[Action]:
 
 def install_service_main(argv: Sequence[str]) -> int:
     ns = install_parser().parse_args(argv)
-    if bool(ns.manager) == bool(ns.name):
-        raise UsageError("give exactly one of --manager HOST:PORT and --name NAME")
+    check_manager(WorkerConfig(manager=ns.manager, name=ns.name))
     for action in plan(ns):
         print(("would " if ns.dry_run else "") + action.describe, flush=True)
         if not ns.dry_run:

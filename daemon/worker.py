@@ -157,8 +157,7 @@ def check_manager(cfg: WorkerConfig) -> None:
 
 
 def build_command(cfg: WorkerConfig, vine_worker: str) -> list[str]:
-    """The vine_worker command line for ``cfg`` (resources already resolved)."""
-    check_manager(cfg)
+    """The vine_worker command line for ``cfg`` (checked, resources already resolved)."""
     argv = [
         vine_worker,
         f"--cores={cfg.cores}",

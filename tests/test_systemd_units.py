@@ -160,4 +160,11 @@ def test_install_service_refuses_incomplete_settings(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--no-password" in r.stderr  # no password decision
     r = install("--manager", "127.0.0.1:9", "--root", root, "--password-file", root + "/nope")
     assert r.returncode == 2
+    # the same checks as ldawt-worker itself: a unit that could never start is not installed
+    r = install("--manager", "no-port", "--root", root, "--no-password")
+    assert r.returncode == 2 and "HOST:PORT" in r.stderr
+    empty = tmp_path / "empty.password"
+    empty.write_text("\n")
+    r = install("--manager", "127.0.0.1:9", "--root", root, "--password-file", str(empty))
+    assert r.returncode == 2 and "is empty" in r.stderr
     assert not Path(root).exists()
