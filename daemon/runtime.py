@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import ctypes
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -50,7 +49,6 @@ def keep_tls_buffers_mapped() -> None:
 
 class DaemonRuntime:
     def __init__(self) -> None:
-        self.started_at = time.time()
         keep_tls_buffers_mapped()
         self.loop = new_event_loop()
         self._fetchers: dict[tuple[Any, ...], Fetcher] = {}

@@ -59,11 +59,11 @@ def parse_http_url(raw: object) -> URL:
 class Fetcher:
     """One per daemon process: the warm session plus the limits shared by all its shards."""
 
-    def __init__(self, options: FetchOptions, labeler: metrics.HostLabeler | None = None) -> None:
+    def __init__(self, options: FetchOptions) -> None:
         self.options = options
         self._session = open_session(options)
         self._slots = asyncio.Semaphore(options.concurrency)
-        self._labeler = labeler or metrics.HostLabeler()
+        self._labeler = metrics.HostLabeler()
         self._hosts = HostLimiter(options.per_host, options.host_rps, self._labeler)
         self.budget = ByteBudget(options.max_buffered_bytes)
 

@@ -47,9 +47,6 @@ class HostLimiter:
         """``async with limiter.slot(host):`` holds one of the host's slots."""
         return _Slot(self, host)
 
-    def tracked_hosts(self) -> int:
-        return len(self._hosts)
-
     async def _acquire(self, host: str) -> _Host:
         state = self._hosts.get(host)
         if state is None:
