@@ -25,6 +25,7 @@ from . import metrics
 from .fetcher import errors
 from .fetcher.fetch import Download, Fetcher
 from .fetcher.options import FetchOptions
+from .packer import partial_path
 from .packer.manifest import write_manifest, write_stats
 from .packer.names import MemberNamer
 from .packer.tarwriter import TarWriter
@@ -70,6 +71,12 @@ class ShardSpec:
     @property
     def stats_path(self) -> Path:
         return Path(self.output_dir) / f"{self.shard_id}_stats.json"
+
+    def remove_outputs(self) -> None:
+        """Delete the shard's output files, finished or partial."""
+        for path in (self.tar_path, self.manifest_path, self.stats_path):
+            path.unlink(missing_ok=True)
+            partial_path(path).unlink(missing_ok=True)
 
 
 def write_shard_input(

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ldawt.daemon.packer.manifest import write_atomically
 from ldawt.daemon.shard import ShardSpec
 
 from .inputs import ColumnMap, InputError
@@ -126,9 +127,8 @@ class Job:
 
     def write_description(self, identity: JobIdentity, extra: dict[str, Any]) -> None:
         description = {"ldawt_version": ldawt_version(), **identity.to_dict(), **extra}
-        partial = self.description_path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
-        os.replace(partial, self.description_path)
+        text = json.dumps(description, indent=2, sort_keys=True) + "\n"
+        write_atomically(self.description_path, lambda partial: partial.write_text(text))
 
     def spec(self, shard: ShardRecord, options: PlanOptions, passthrough: list[str]) -> dict:
         """The shard contract's spec (docs/DESIGN.md) for one ledger shard."""
@@ -150,10 +150,7 @@ class Job:
     def discard(self, ledger: Ledger, compress: bool) -> None:
         """Forget the job: its shard outputs, shard inputs and ledger (``--force-new``)."""
         for shard in ledger.shards():
-            paths = self.output_paths(shard.shard_id, compress)
-            for path in (paths.tar_path, paths.manifest_path, paths.stats_path):
-                path.unlink(missing_ok=True)
-                path.with_name(path.name + ".partial").unlink(missing_ok=True)
+            self.output_paths(shard.shard_id, compress).remove_outputs()
         ledger.close()
         for suffix in ("", "-wal", "-shm", RESERVE_SUFFIX):
             Path(f"{self.ledger_path}{suffix}").unlink(missing_ok=True)

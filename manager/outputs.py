@@ -76,13 +76,6 @@ def check_committed(
     )
 
 
-def remove_outputs(paths: ShardSpec) -> None:
-    """Delete a shard's outputs, finished or partial."""
-    for path in (paths.tar_path, paths.manifest_path, paths.stats_path):
-        path.unlink(missing_ok=True)
-        path.with_name(path.name + ".partial").unlink(missing_ok=True)
-
-
 def stop_orphans(job: Job) -> list[int]:
     """Kill worker processes a killed manager of this job left running: they would finish
     their shard and race the shard's rerun on the same files. Returns their pids."""
@@ -109,12 +102,12 @@ def reconcile(job: Job, ledger: Ledger, compress: bool) -> None:
             try:
                 check_committed(paths, shard.rows, shard.tar_bytes)
             except NotCommitted:
-                remove_outputs(paths)
+                paths.remove_outputs()
                 rerun.append(shard.shard_id)
             continue
         if _adopt(ledger, shard, paths):
             continue
-        remove_outputs(paths)
+        paths.remove_outputs()
         if shard.state == RUNNING:
             rerun.append(shard.shard_id)
     ledger.mark_planned(rerun)

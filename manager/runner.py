@@ -11,7 +11,7 @@ from . import metrics
 from .engines import Engine
 from .job import Job
 from .ledger import DONE, FAILED, PLANNED, RUNNING, Ledger
-from .outputs import NotCommitted, check_committed, remove_outputs
+from .outputs import NotCommitted, check_committed
 from .plan import PlanOptions
 from .progress import Progress
 
@@ -32,7 +32,7 @@ def record_result(
             return None
         except NotCommitted as exc:
             error = f"reported committed, but {exc}"
-    remove_outputs(paths)
+    paths.remove_outputs()
     ledger.mark_failed(shard_id, error, result.get("host"))
     return error
 

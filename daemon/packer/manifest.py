@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import partial_path
 from .tarwriter import fsync_directory
 
 MANIFEST_SCHEMA = pa.schema(
@@ -35,7 +36,7 @@ MANIFEST_SCHEMA = pa.schema(
 
 def write_atomically(path: Path, write: Any) -> None:
     """Run ``write(partial_path)``, fsync the result and rename it to ``path``."""
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path(path)
     try:
         write(partial)
         with open(partial, "rb+") as handle:

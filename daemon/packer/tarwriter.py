@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import partial_path
+
 Written = Callable[[str], None]
 _STOP = object()
 _ZEROS = bytes(tarfile.BLOCKSIZE)
@@ -42,7 +44,7 @@ class TarWriter:
 
     def __init__(self, final_path: Path, compress: bool) -> None:
         self.final_path = final_path
-        self.partial_path = final_path.with_name(final_path.name + ".partial")
+        self.partial_path = partial_path(final_path)
         # The file stays open across calls; the writer thread closes it.
         self._file = open(self.partial_path, "wb", buffering=0)  # noqa: SIM115
         # Images do not shrink under gzip; level 1 keeps the .tar.gz format at little CPU cost.
