@@ -184,6 +184,12 @@ class Labeler:
         return pc.take(pa.array(ids, pa.int64()), encoded.indices)
 
 
+def blank_mask(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """True where a string is null or blank: a URL not fetched (status ``bad_url``), a class
+    put in ``unknown``."""
+    return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True)
+
+
 def shard_tables(files: list[Path], columns: ColumnMap, labeler: Labeler) -> Iterator[pa.Table]:
     """Input batches converted to the shard columns (``row url class key label`` and the
     passthrough columns), in input order; ``row`` numbers rows across all files."""
@@ -195,8 +201,7 @@ def shard_tables(files: list[Path], columns: ColumnMap, labeler: Labeler) -> Ite
             urls = batch.column(columns.url).cast(pa.string())
             if columns.class_:
                 classes = batch.column(columns.class_).cast(pa.string())
-                blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(classes), ""), True)
-                classes = pc.if_else(blank, UNKNOWN_CLASS, classes)
+                classes = pc.if_else(blank_mask(classes), UNKNOWN_CLASS, classes)
             else:
                 classes = pa.array([UNKNOWN_CLASS] * n, pa.string())
             keys = (

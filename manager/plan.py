@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from ldawt.daemon.fetcher.options import FetchOptions
 from ldawt.daemon.shard import DUPLICATE_OF
 
-from .inputs import UNKNOWN_CLASS, InputError
+from .inputs import UNKNOWN_CLASS, InputError, blank_mask
 
 STRATEGIES = ("fixed", "class")
 SHARD_COLUMNS = ("row", "url", "class", "key", "label", DUPLICATE_OF)
@@ -95,11 +95,6 @@ class PlanStats:
             "classes": len(self.classes),
             "unknown_class": self.classes.get(UNKNOWN_CLASS, 0),
         }
-
-
-def bad_url_mask(urls: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """True where a URL is null or blank: such rows are not fetched (status ``bad_url``)."""
-    return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(urls), ""), True)
 
 
 def balance_classes(counts: dict[str, int], groups: int) -> dict[str, int]:
@@ -159,7 +154,7 @@ def _mark_duplicates(table: pa.Table) -> pa.Table:
     table = _sort_by_url(table)
     urls = table.column("url").combine_chunks()
     previous = pa.concat_arrays([pa.nulls(1, urls.type), urls.slice(0, len(urls) - 1)])
-    repeat = pc.and_(pc.fill_null(pc.equal(urls, previous), False), pc.invert(bad_url_mask(urls)))
+    repeat = pc.and_(pc.fill_null(pc.equal(urls, previous), False), pc.invert(blank_mask(urls)))
     return table.append_column(DUPLICATE_OF, _of_original(table, repeat, "row"))
 
 
@@ -217,7 +212,7 @@ class ShardWriter:
             )
             table = table.append_column(_POSITION, position)
             self.stats.rows += table.num_rows
-            self.stats.bad_url += pc.sum(bad_url_mask(table.column("url"))).as_py() or 0
+            self.stats.bad_url += pc.sum(blank_mask(table.column("url"))).as_py() or 0
             for item in pc.value_counts(table.column("class")).to_pylist():
                 self.stats.classes[item["values"]] += item["counts"]
             if count == 1:
