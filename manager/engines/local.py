@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-import os
 import queue
 from collections.abc import Iterator
 from typing import Any
 
 from ldawt.daemon.shard import run_shard
+from ldawt.daemon.worker import detect_cores
 
 from . import Progress
 
@@ -30,15 +30,9 @@ def _run_reporting(spec: dict[str, Any]) -> dict[str, Any]:
     return run_shard(spec, _progress_queue.put)
 
 
-def default_workers() -> int:
-    return max(
-        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-
-
 class LocalEngine:
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or default_workers()
+        self.workers = workers or detect_cores()
 
     def describe(self) -> str:
         if self.workers == 1:
