@@ -185,14 +185,14 @@ class Ledger:
 
     # --- shard states: what an engine loop calls ---
 
-    def mark_running(self, shard_ids: Iterable[str], worker: str | None = None) -> None:
+    def mark_running(self, shard_ids: Iterable[str]) -> None:
         """The shards were handed to an engine (one more attempt each)."""
         now = time.time()
-        records = [(now, worker, sid) for sid in shard_ids]
+        records = [(now, sid) for sid in shard_ids]
         self._write(
             lambda db: db.executemany(
                 "UPDATE shards SET state = 'running', attempts = attempts + 1, started_at = ?, "
-                "worker = COALESCE(?, worker), error = NULL WHERE shard_id = ? AND state != 'done'",
+                "error = NULL WHERE shard_id = ? AND state != 'done'",
                 records,
             )
         )

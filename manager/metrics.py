@@ -32,7 +32,7 @@ from prometheus_client import (
     Histogram,
 )
 
-from ldawt.daemon.fetcher.errors import ALL_STATUSES, DUPLICATE, OK
+from ldawt.daemon.fetcher.errors import ALL_STATUSES, DUPLICATE, OK, SUCCESSES
 from ldawt.daemon.metrics import SHARD_BUCKETS, Endpoint, new_registry
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def record_shard_result(result: Mapping[str, Any]) -> None:
             log.warning("shard %s reported unknown status %r", result.get("shard_id"), status)
         FLEET_IMAGES.labels(label).inc(n)
         if committed:
-            ROWS.labels(status if status in (OK, DUPLICATE) else "failed").inc(n)
+            ROWS.labels(status if status in SUCCESSES else "failed").inc(n)
     FLEET_BYTES.inc(_amount(result.get("bytes")))
     FLEET_CONNECTIONS.labels("new").inc(_amount(result.get("connections_new")))
     FLEET_CONNECTIONS.labels("reused").inc(_amount(result.get("connections_reused")))

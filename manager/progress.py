@@ -66,7 +66,7 @@ class Progress:
         for status, n in counts.items():
             self.rows += n
             self._session_rows += n
-            if status in (errors.OK, errors.DUPLICATE):
+            if status in errors.SUCCESSES:
                 self.ok += n
             else:
                 self.failed += n

@@ -13,11 +13,10 @@ import pyarrow.compute as pc
 from ldawt.daemon.fetcher import errors
 
 from .job import Job
-from .ledger import DONE, STATES, Ledger, ShardRecord
+from .ledger import DONE, Ledger, ShardRecord
 from .outcomes import latest_outcomes
 from .progress import format_duration
 
-SUCCESS = (errors.OK, errors.DUPLICATE)
 TOP = 10
 THROUGHPUT_BUCKETS = 24
 _HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]+)"
@@ -44,13 +43,13 @@ def status(ledger: Ledger) -> dict[str, Any]:
     done = [s for s in shards if s.state == DONE]
     counts = ledger.status_counts()
     planned_rows = (ledger.meta("plan") or {}).get("rows", 0)
-    ok = sum(counts[s] for s in SUCCESS)
+    ok = sum(counts[s] for s in errors.SUCCESSES)
     with_outcome = sum(counts.values())
     busy = busy_seconds(done)
     rate = sum(s.rows for s in done) / busy if busy else 0.0
     to_run = sum(s.rows for s in shards if s.state != DONE)
     return {
-        "shards": {state: sum(1 for s in shards if s.state == state) for state in STATES},
+        "shards": ledger.state_counts(),
         "rows": planned_rows,
         "rows_ok": ok,
         "rows_failed": with_outcome - ok,
@@ -103,10 +102,10 @@ def report(job: Job, ledger: Ledger) -> dict[str, Any]:
             host_ms[item["host"]][1] += item["row_count"]
     done = ledger.shards([DONE])
     rows = sum(by_status.values())
-    ok = sum(by_status[s] for s in SUCCESS)
+    ok = sum(by_status[s] for s in errors.SUCCESSES)
     nbytes = sum(s.bytes or 0 for s in done)
     busy = busy_seconds(done)
-    images = {name: sum(c[s] for s in SUCCESS) for name, c in class_status.items()}
+    images = {name: sum(c[s] for s in errors.SUCCESSES) for name, c in class_status.items()}
     ranked = sorted(images.items(), key=lambda item: (-item[1], item[0]))
     return {
         "job": str(job.out),
@@ -143,7 +142,7 @@ def report(job: Job, ledger: Ledger) -> dict[str, Any]:
 def _failures_by_host(host_status: dict[str, Counter[str]]) -> list[dict[str, Any]]:
     failing = []
     for host, counts in host_status.items():
-        failures = {s: n for s, n in counts.items() if s not in SUCCESS}
+        failures = {s: n for s, n in counts.items() if s not in errors.SUCCESSES}
         if failures:
             failing.append(
                 {

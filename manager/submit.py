@@ -219,7 +219,7 @@ def execute(
 def format_summary(ledger: Ledger, elapsed_s: float) -> str:
     states = ledger.state_counts()
     counts = ledger.status_counts()
-    ok = counts[errors.OK] + counts[errors.DUPLICATE]
+    ok = sum(counts[s] for s in errors.SUCCESSES)
     failed = sum(counts.values()) - ok
     nbytes = sum(s.bytes or 0 for s in ledger.shards([DONE]))
     lines = [
@@ -238,5 +238,5 @@ def _failures(counts: dict[str, int]) -> dict[str, Any]:
     return {
         status: n
         for status, n in sorted(counts.items(), key=lambda item: -item[1])
-        if status not in (errors.OK, errors.DUPLICATE)
+        if status not in errors.SUCCESSES
     }

@@ -42,7 +42,9 @@ FAILURES = (
     CANCELLED,
     INTERNAL_ERROR,
 )
-ALL_STATUSES = (OK, DUPLICATE, *FAILURES)
+SUCCESSES = (OK, DUPLICATE)
+"""Statuses of rows whose image is in a tar (a duplicate points at its original's member)."""
+ALL_STATUSES = (*SUCCESSES, *FAILURES)
 
 # Worth another attempt: the same request may well succeed later.
 RETRYABLE = frozenset({TIMEOUT, CONNECT_ERROR, CONNECTION_RESET, TRUNCATED})
