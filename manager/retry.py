@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ldawt.daemon.fetcher import errors
 from ldawt.daemon.fetcher.options import FetchOptions
-from ldawt.daemon.packer.manifest import MANIFEST_SCHEMA
+from ldawt.daemon.packer.manifest import manifest_column
 
 from .engines import Engine
 from .inputs import InputError
@@ -64,16 +64,11 @@ def parse_statuses(text: str | None) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def _manifest_name(column: str) -> str:
-    """Where a passthrough column lives in a manifest (see daemon/packer/manifest.py)."""
-    return f"input_{column}" if column in MANIFEST_SCHEMA.names else column
-
-
 def _failed_rows(
     job: Job, ledger: Ledger, statuses: frozenset[str], passthrough: list[str]
 ) -> Iterator[pa.Table]:
     in_flight = pa.array(sorted(_rows_in_unfinished_retries(job, ledger)), pa.int64())
-    stored = [_manifest_name(c) for c in passthrough]
+    stored = [manifest_column(c) for c in passthrough]
     columns = ["url", "class", "key", "label", "status", *stored]
     chosen = pa.array(sorted(statuses), pa.string())
     for table in latest_outcomes(job, ledger, columns):

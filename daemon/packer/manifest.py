@@ -47,12 +47,17 @@ def write_atomically(path: Path, write: Any) -> None:
     fsync_directory(path.parent)
 
 
+def manifest_column(passthrough: str) -> str:
+    """The manifest's name for an input column carried through: its own unless a manifest
+    column has it."""
+    return f"input_{passthrough}" if passthrough in MANIFEST_SCHEMA.names else passthrough
+
+
 def write_manifest(path: Path, rows: list[dict[str, Any]], passthrough: pa.Table | None) -> None:
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     if passthrough is not None:
         for name in passthrough.column_names:
-            column_name = name if name not in table.column_names else f"input_{name}"
-            table = table.append_column(column_name, passthrough.column(name))
+            table = table.append_column(manifest_column(name), passthrough.column(name))
     write_atomically(path, lambda partial: pq.write_table(table, partial))
 
 
