@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from . import metrics
 from .runtime import get_runtime
-from .shard import run_shard
+from .shard import failure_result, run_shard
 
 METRICS_ADDRESS_ENV = "LDAWT_METRICS_ADDRESS"
 METRICS_PORT_ENV = "LDAWT_METRICS_PORT"
@@ -59,6 +58,7 @@ def ldawt_shard(spec: dict[str, Any]) -> dict[str, Any]:
     directory during the call), where TaskVine puts declared inputs and collects outputs. With
     ``unique_output`` the files go to a new folder under ``output_dir``, named in the result.
     """
+    started = time.monotonic()
     try:
         if not _state:
             library_context()
@@ -81,9 +81,4 @@ def ldawt_shard(spec: dict[str, Any]) -> dict[str, Any]:
             result["metrics_error"] = _state["metrics_error"]
         return result
     except BaseException as exc:  # a raising call would end this process and its warm state
-        return {
-            "shard_id": str(spec.get("shard_id")) if isinstance(spec, dict) else None,
-            "ok": False,
-            "error": "library: " + "".join(traceback.format_exception_only(exc)).strip(),
-            "pid": os.getpid(),
-        }
+        return failure_result(spec, exc, started, "library: ")

@@ -114,15 +114,20 @@ def run_shard(spec: dict[str, Any], progress: Progress | None = None) -> dict[st
         )
     except BaseException as exc:
         metrics.SHARDS_FINISHED.labels("failed").inc()
-        return {
-            "shard_id": str(spec.get("shard_id")) if isinstance(spec, dict) else None,
-            "ok": False,
-            "error": "".join(traceback.format_exception_only(exc)).strip()[:2000]
-            or type(exc).__name__,
-            "elapsed_s": time.monotonic() - started,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
+        return failure_result(spec, exc, started)
+
+
+def failure_result(spec: Any, exc: BaseException, started: float, context: str = "") -> dict:
+    """The result of a shard that failed as a whole (``started``: its ``time.monotonic()``)."""
+    error = "".join(traceback.format_exception_only(exc)).strip() or type(exc).__name__
+    return {
+        "shard_id": str(spec.get("shard_id")) if isinstance(spec, dict) else None,
+        "ok": False,
+        "error": (context + error)[:2000],
+        "elapsed_s": time.monotonic() - started,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 class _Tally:
