@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .packer.manifest import write_atomically
 from .worker import (
     PASSWORD_CREDENTIAL,
     UsageError,
@@ -235,12 +236,13 @@ class Action:
 
 
 def _write(path: Path, text: str, mode: int) -> Callable[[], None]:
+    def write(partial: Path) -> None:
+        partial.write_text(text)
+        partial.chmod(mode)
+
     def go() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(mode)
-        os.replace(tmp, path)
+        write_atomically(path, write)
 
     return go
 
