@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .packer.manifest import write_atomically
+from .packer.manifest import write_text_atomically
 from .worker import (
     PASSWORD_CREDENTIAL,
     UsageError,
@@ -236,15 +236,7 @@ class Action:
 
 
 def _write(path: Path, text: str, mode: int) -> Callable[[], None]:
-    def write(partial: Path) -> None:
-        partial.write_text(text)
-        partial.chmod(mode)
-
-    def go() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, write)
-
-    return go
+    return lambda: write_text_atomically(path, text, mode)
 
 
 def _run(argv: list[str]) -> Callable[[], None]:

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from prometheus_client import (
 
 from ldawt.daemon.fetcher.errors import ALL_STATUSES, DUPLICATE, OK, SUCCESSES
 from ldawt.daemon.metrics import SHARD_BUCKETS, Endpoint, new_registry
+from ldawt.daemon.packer.manifest import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -202,16 +202,7 @@ def write_worker_targets(
     destination = Path(path)
     entry = {"targets": sorted(set(targets)), "labels": dict(labels or {})}
     text = json.dumps([entry] if entry["targets"] else [], indent=2) + "\n"
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, destination)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_text_atomically(destination, text)
 
 
 _ENDPOINT = Endpoint(REGISTRY, "manager")

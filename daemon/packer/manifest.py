@@ -53,6 +53,17 @@ def manifest_column(passthrough: str) -> str:
     return f"input_{passthrough}" if passthrough in MANIFEST_SCHEMA.names else passthrough
 
 
+def write_text_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` (folders created, file mode ``mode``) with write_atomically."""
+
+    def write(partial: Path) -> None:
+        partial.write_text(text)
+        partial.chmod(mode)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, write)
+
+
 def write_manifest(path: Path, rows: list[dict[str, Any]], passthrough: pa.Table | None) -> None:
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     if passthrough is not None:
