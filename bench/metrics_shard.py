@@ -14,7 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from ldawt.daemon.metrics import start_metrics_server
-from ldawt.daemon.shard import run_shard, write_shard_input
+from ldawt.daemon.shard import run_shard
+
+# The hand-written shard input file shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from shard_input import write_shard_input
 
 
 def main() -> int:

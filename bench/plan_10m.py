@@ -52,8 +52,9 @@ def synthesise(rows: int, destination: Path) -> None:
 
 
 def plan_in_this_process(source: Path, out: Path, strategy: str) -> None:
+    from ldawt.manager.console import configure_logging
     from ldawt.manager.inputs import check_files, list_input_files, read_schema, resolve_columns
-    from ldawt.manager.job import Job, JobIdentity
+    from ldawt.manager.job import Job, JobIdentity, JobRun, JobSettings
     from ldawt.manager.plan import PlanOptions
     from ldawt.manager.submit import plan
 
@@ -62,16 +63,10 @@ def plan_in_this_process(source: Path, out: Path, strategy: str) -> None:
     check_files(files, columns)
     options = PlanOptions(strategy=strategy)
     job = Job(out)
+    configure_logging()
     with job.open_ledger() as ledger:
-        plan(
-            job,
-            ledger,
-            files,
-            columns,
-            JobIdentity.of(files, columns, options),
-            options,
-            sys.stderr,
-        )
+        run = JobRun(job, ledger, JobSettings(options))
+        plan(run, files, columns, JobIdentity.of(files, columns, options))
 
 
 def main() -> int:

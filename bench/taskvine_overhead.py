@@ -39,12 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ldawt.daemon.fetcher.options import FetchOptions
-from ldawt.daemon.shard import write_shard_input
-from ldawt.daemon.worker import detect_cores
+from ldawt.daemon.contract import FetchOptions, ShardSpec
+from ldawt.daemon.worker.resources import detect_cores
 from ldawt.manager.engines.local import LocalEngine
 from ldawt.manager.engines.taskvine import TaskVineEngine
 from ldawt.manager.engines.vine_options import VineOptions
+
+# The hand-written shard input file shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from shard_input import write_shard_input
 
 MODES = ("in-process", "functioncall", "functioncall-in-place", "task")
 DISTINCT_IMAGES = 64
@@ -113,15 +116,12 @@ def make_inputs(folder: Path, port: int, shards: int, rows: int) -> list[Path]:
     return paths
 
 
-def specs_for(inputs: list[Path], out: Path) -> list[dict[str, Any]]:
+def specs_for(inputs: list[Path], out: Path) -> list[ShardSpec]:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    fetch = FetchOptions(allow_private=True).to_dict()
-    return [
-        {"shard_id": p.stem, "input_path": str(p), "output_dir": str(out), "fetch": fetch}
-        for p in inputs
-    ]
+    fetch = FetchOptions(allow_private=True)
+    return [ShardSpec(p.stem, str(p), str(out), fetch=fetch) for p in inputs]
 
 
 @dataclass
@@ -187,25 +187,25 @@ def ldawt_worker(port: int, workspace: Path) -> Iterator[subprocess.Popen]:
         proc.wait(timeout=60)
 
 
-def run_in_process(specs: list[dict[str, Any]], rows: int, work: Path) -> Row:
+def run_in_process(specs: list[ShardSpec], rows: int, work: Path) -> Row:
     return timed("in-process", LocalEngine(1).run(specs, lambda _delta: None), rows)
 
 
-def run_functioncall(specs: list[dict[str, Any]], rows: int, work: Path) -> Row:
+def run_functioncall(specs: list[ShardSpec], rows: int, work: Path) -> Row:
     # The engine's own local worker (ldawt-worker with every core) holding one library process;
     # an explicit port, so shard files travel back to the manager as they would from elsewhere.
     options = VineOptions(port=0, local_workers=1, library_cores=detect_cores())
     return timed("functioncall", TaskVineEngine(options).run(specs, lambda _delta: None), rows)
 
 
-def run_functioncall_in_place(specs: list[dict[str, Any]], rows: int, work: Path) -> Row:
+def run_functioncall_in_place(specs: list[ShardSpec], rows: int, work: Path) -> Row:
     # The embedded default (--local-workers, no --port): shard files written in place.
     options = VineOptions(local_workers=1, library_cores=detect_cores())
     results = TaskVineEngine(options).run(specs, lambda _delta: None)
     return timed("functioncall-in-place", results, rows)
 
 
-def run_tasks(specs: list[dict[str, Any]], rows: int, work: Path) -> Row:
+def run_tasks(specs: list[ShardSpec], rows: int, work: Path) -> Row:
     from ndcctools.taskvine import Manager, Task
 
     m = Manager(port=0, run_info_path=str(work / "task-run-info"))
@@ -219,12 +219,12 @@ def run_tasks(specs: list[dict[str, Any]], rows: int, work: Path) -> Row:
         script_file = m.declare_file(str(script), cache=True)
         for spec in specs:
             task = Task("python3 run_one.py")
-            task.set_tag(spec["shard_id"])
+            task.set_tag(spec.shard_id)
             task.add_input(script_file, "run_one.py")
-            task.add_input(m.declare_buffer(json.dumps(spec).encode()), "spec.json")
-            task.add_input(m.declare_file(spec["input_path"]), "input.parquet")
-            task.add_output(m.declare_file(str(staged / spec["shard_id"])), "out")
-            task.add_output(m.declare_file(str(staged / f"{spec['shard_id']}.json")), "result.json")
+            task.add_input(m.declare_buffer(json.dumps(spec.to_dict()).encode()), "spec.json")
+            task.add_input(m.declare_file(spec.input_path), "input.parquet")
+            task.add_output(m.declare_file(str(staged / spec.shard_id)), "out")
+            task.add_output(m.declare_file(str(staged / f"{spec.shard_id}.json")), "result.json")
             task.set_cores(1)
             m.submit(task)
         for _ in specs:

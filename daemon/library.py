@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
+from .contract import ShardResult, describe_exception, failure_result
 from .runtime import get_runtime
-from .shard import failure_result, run_shard
+from .shard import run_shard, shard_id_of
 
 METRICS_ADDRESS_ENV = "LDAWT_METRICS_ADDRESS"
 METRICS_PORT_ENV = "LDAWT_METRICS_PORT"
@@ -51,7 +52,7 @@ def library_context() -> dict[str, Any]:
     return {}
 
 
-def ldawt_shard(spec: dict[str, Any]) -> dict[str, Any]:
+def ldawt_shard(spec: dict[str, Any]) -> ShardResult:
     """Run one shard in this library process; returns the result dict and never raises.
 
     Relative ``input_path`` and ``output_dir`` are taken against the call's sandbox (the working
@@ -81,4 +82,4 @@ def ldawt_shard(spec: dict[str, Any]) -> dict[str, Any]:
             result["metrics_error"] = _state["metrics_error"]
         return result
     except BaseException as exc:  # a raising call would end this process and its warm state
-        return failure_result(spec, exc, started, "library: ")
+        return failure_result(shard_id_of(spec), f"library: {describe_exception(exc)}", started)

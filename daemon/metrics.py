@@ -1,9 +1,9 @@
 """Prometheus metrics of one daemon process (a library process on a worker, or the local engine).
 
 Every metric lives in one registry per process (``REGISTRY``). Label values are bounded: result
-statuses come from the closed taxonomy in ``fetcher.errors``, HTTP responses are grouped by class
-(2xx, 3xx, ...), and the ``host`` label only names hosts from ``HostLabeler``'s allow-list or its
-first ``max_hosts`` hosts; every other host is reported as ``other``.
+statuses come from the closed set in ``contract.Status``, HTTP responses are grouped by class
+(2xx, 3xx, ...), and the ``host`` label only names hosts from ``BoundedHostLabels``'s allow-list
+or its first ``max_hosts`` hosts; every other host is reported as ``other``.
 
 ``start_metrics_server`` exposes the registry on ``/metrics`` (once per process, from the library
 context); ``watch_workspace`` makes every scrape report the shard file system's free space.
@@ -31,6 +31,8 @@ from prometheus_client import (
     ProcessCollector,
     make_wsgi_app,
 )
+
+from .contract import ALL_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +154,11 @@ for _class in ("1xx", "2xx", "3xx", "4xx", "5xx"):
 
 
 def _preinitialize_statuses() -> None:
-    # Imported late: the fetcher package imports this module.
-    from .fetcher.errors import ALL_STATUSES
-
     for status in ALL_STATUSES:
         IMAGES.labels(status)
 
 
-class HostLabeler:
+class BoundedHostLabels:
     """Maps host names to a bounded set of label values.
 
     Hosts in ``allow`` always get their own label; otherwise the first ``max_hosts`` hosts seen
@@ -193,7 +192,7 @@ def mark_library_start() -> None:
 
 
 def observe_response(host: str, status: int) -> None:
-    """Count one HTTP response; ``host`` must already be a label from a ``HostLabeler``."""
+    """Count one HTTP response; ``host`` must already be a label from a ``BoundedHostLabels``."""
     cls = code_class(status)
     HTTP_RESPONSES.labels(cls).inc()
     HOST_RESPONSES.labels(host, cls).inc()

@@ -1,112 +1,53 @@
 """Run one shard: read its rows, download them, pack the images, write manifest and stats.
 
 ``run_shard`` is the function every engine calls (in-process, a local worker process, or a
-TaskVine library). It takes a plain dict and returns a plain dict, and it never raises: a
-raising function would kill a TaskVine library process together with its warm state.
+TaskVine library). It takes a ``ShardSpec`` and returns a ``ShardResult`` (see
+``ldawt.daemon.contract``), and it never raises: a raising function would kill a TaskVine
+library process together with its warm state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import metrics
-from .fetcher import errors
+from .contract import (
+    DUPLICATE_OF,
+    INPUT_COLUMNS,
+    ProgressCallback,
+    ProgressDelta,
+    ShardResult,
+    ShardSpec,
+    Status,
+    describe_exception,
+    failure_result,
+)
 from .fetcher.fetch import Download, Fetcher
-from .fetcher.options import FetchOptions
-from .packer import partial_path
 from .packer.manifest import write_manifest, write_stats
-from .packer.names import MemberNamer
+from .packer.members import MemberPacker
 from .packer.tarwriter import TarWriter
 from .runtime import get_runtime
 
-Progress = Callable[[dict[str, Any]], None]
-INPUT_COLUMNS = ("row", "url", "class", "key", "label")
-# Optional input column: the job-wide row number of the row in this shard that fetches this row's
-# URL. Such a row is not fetched; its manifest row points at the original's outcome.
-DUPLICATE_OF = "dup_of"
 PROGRESS_INTERVAL_S = 1.0
 # Time granted after the shard's own deadline to cancel downloads and commit what is done.
 COMMIT_GRACE_S = 120.0
 
 
-@dataclass(frozen=True)
-class ShardSpec:
-    shard_id: str
-    input_path: str
-    output_dir: str
-    layout: str = "class"
-    compress: bool = False
-    passthrough: tuple[str, ...] = ()
-    fetch: FetchOptions = field(default_factory=FetchOptions)
-    deadline_s: float = 3600.0
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> ShardSpec:
-        values = dict(spec)
-        values["fetch"] = FetchOptions.from_dict(values.get("fetch") or {})
-        values["passthrough"] = tuple(values.get("passthrough") or ())
-        return cls(**values)
-
-    @property
-    def tar_path(self) -> Path:
-        suffix = ".tar.gz" if self.compress else ".tar"
-        return Path(self.output_dir) / f"{self.shard_id}{suffix}"
-
-    @property
-    def manifest_path(self) -> Path:
-        return Path(self.output_dir) / f"{self.shard_id}.manifest.parquet"
-
-    @property
-    def stats_path(self) -> Path:
-        return Path(self.output_dir) / f"{self.shard_id}_stats.json"
-
-    def remove_outputs(self) -> None:
-        """Delete the shard's output files, finished or partial."""
-        for path in (self.tar_path, self.manifest_path, self.stats_path):
-            path.unlink(missing_ok=True)
-            partial_path(path).unlink(missing_ok=True)
-
-
-def write_shard_input(
-    path: Path,
-    urls: Sequence[str | None],
-    classes: Sequence[str],
-    keys: Sequence[str],
-    labels: Sequence[int] | None = None,
-    first_row: int = 0,
-) -> None:
-    """Write a shard input file (``INPUT_COLUMNS``) by hand, for ``run_shard`` without the
-    planner: rows numbered from ``first_row``, labels 0 unless given."""
-    n = len(urls)
-    table = pa.table(
-        {
-            "row": pa.array(range(first_row, first_row + n), pa.int64()),
-            "url": pa.array(urls, pa.string()),
-            "class": pa.array(classes, pa.string()),
-            "key": pa.array(keys, pa.string()),
-            "label": pa.array([0] * n if labels is None else labels, pa.int64()),
-        }
-    )
-    pq.write_table(table, path)
-
-
-def run_shard(spec: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
-    """Run one shard to completion. Returns the result dict; never raises."""
+def run_shard(
+    spec: ShardSpec | dict[str, Any], progress: ProgressCallback | None = None
+) -> ShardResult:
+    """Run one shard to completion (``spec`` as a ``ShardSpec`` or its dict). Returns its
+    result; never raises."""
     started = time.monotonic()
     try:
-        shard = ShardSpec.from_dict(spec)
+        shard = spec if isinstance(spec, ShardSpec) else ShardSpec.from_dict(spec)
         return get_runtime().call(
             lambda fetcher: process_shard(shard, fetcher, progress),
             shard.fetch,
@@ -114,20 +55,14 @@ def run_shard(spec: dict[str, Any], progress: Progress | None = None) -> dict[st
         )
     except BaseException as exc:
         metrics.SHARDS_FINISHED.labels("failed").inc()
-        return failure_result(spec, exc, started)
+        return failure_result(shard_id_of(spec), describe_exception(exc), started)
 
 
-def failure_result(spec: Any, exc: BaseException, started: float, context: str = "") -> dict:
-    """The result of a shard that failed as a whole (``started``: its ``time.monotonic()``)."""
-    error = "".join(traceback.format_exception_only(exc)).strip() or type(exc).__name__
-    return {
-        "shard_id": str(spec.get("shard_id")) if isinstance(spec, dict) else None,
-        "ok": False,
-        "error": (context + error)[:2000],
-        "elapsed_s": time.monotonic() - started,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
+def shard_id_of(spec: Any) -> str | None:
+    """The shard id of a spec that may not even parse, for its failure result."""
+    if isinstance(spec, ShardSpec):
+        return spec.shard_id
+    return str(spec.get("shard_id")) if isinstance(spec, dict) else None
 
 
 class _Tally:
@@ -150,10 +85,10 @@ class _Tally:
             self.connections_new += download.connections_new
             self.connections_reused += download.connections_reused
 
-    def delta(self, shard_id: str) -> dict[str, Any]:
+    def delta(self, shard_id: str) -> ProgressDelta:
         """What changed since the previous call."""
         counts = {s: n - self._reported.get(s, 0) for s, n in self.counts.items()}
-        report = {
+        report: ProgressDelta = {
             "shard_id": shard_id,
             "counts": {s: n for s, n in counts.items() if n},
             "bytes": self.bytes - self._reported_bytes,
@@ -163,7 +98,9 @@ class _Tally:
         return report
 
 
-async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | None) -> dict:
+async def process_shard(
+    spec: ShardSpec, fetcher: Fetcher, progress: ProgressCallback | None
+) -> ShardResult:
     """The shard on the daemon's loop. Raises on shard-level failure (run_shard reports it)."""
     started_wall, started = time.time(), time.monotonic()
     metrics.SHARDS_STARTED.inc()
@@ -175,11 +112,12 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
     passthrough = table.select(list(spec.passthrough)) if spec.passthrough else None
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     metrics.watch_workspace(spec.output_dir)
+    files = spec.files
 
     tally = _Tally()
     outcomes: list[dict[str, Any] | None] = [None] * len(rows)
-    writer = TarWriter(spec.tar_path, spec.compress)
-    packer = _Packer(writer, MemberNamer(spec.layout), fetcher)
+    writer = TarWriter(files.tar, spec.compress)
+    packer = MemberPacker(writer, spec.layout)
     reporter = asyncio.create_task(_report_progress(spec.shard_id, tally, progress))
     timed_out = False
     try:
@@ -190,8 +128,8 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
                 row = rows[index]
                 download = await fetcher.fetch(row["url"], spec.fetch)
                 outcome = _manifest_row(row, download)
-                if download.status == errors.OK:
-                    packer.add(row, download, outcome)
+                if download.status == Status.OK:
+                    _pack(packer, fetcher, row, download, outcome)
                 outcomes[index] = outcome
                 tally.add(outcome, download)
 
@@ -203,7 +141,7 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
             timed_out = True
         for index, outcome in enumerate(outcomes):
             if outcome is None and index not in duplicates:
-                outcomes[index] = _manifest_row(rows[index], None, errors.CANCELLED)
+                outcomes[index] = _manifest_row(rows[index], None, Status.CANCELLED)
                 tally.add(outcomes[index], None)
         await asyncio.to_thread(writer.commit)
         # after the commit: the originals' sha256 are set by the writer thread
@@ -218,60 +156,47 @@ async def process_shard(spec: ShardSpec, fetcher: Fetcher, progress: Progress | 
     if progress is not None:
         progress(tally.delta(spec.shard_id))
 
-    await asyncio.to_thread(write_manifest, spec.manifest_path, outcomes, passthrough)
+    await asyncio.to_thread(write_manifest, files.manifest, outcomes, passthrough)
     elapsed = time.monotonic() - started
-    result = {
-        "shard_id": spec.shard_id,
-        "ok": True,
-        "error": f"deadline of {spec.deadline_s:g}s passed; unfinished rows cancelled"
+    result = ShardResult(
+        shard_id=spec.shard_id,
+        ok=True,
+        error=f"deadline of {spec.deadline_s:g}s passed; unfinished rows cancelled"
         if timed_out
         else None,
-        "rows": len(rows),
-        "counts": tally.counts,
-        "bytes": tally.bytes,
-        "members": writer.members,
-        "tar_bytes": spec.tar_path.stat().st_size,
-        "elapsed_s": elapsed,
-        "started_at": started_wall,
-        "tar_path": str(spec.tar_path),
-        "manifest_path": str(spec.manifest_path),
-        "stats_path": str(spec.stats_path),
-        "connections_new": tally.connections_new,
-        "connections_reused": tally.connections_reused,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
-    await asyncio.to_thread(write_stats, spec.stats_path, result)
+        rows=len(rows),
+        counts=tally.counts,
+        bytes=tally.bytes,
+        members=writer.members,
+        tar_bytes=files.tar.stat().st_size,
+        elapsed_s=elapsed,
+        started_at=started_wall,
+        tar_path=str(files.tar),
+        manifest_path=str(files.manifest),
+        stats_path=str(files.stats),
+        connections_new=tally.connections_new,
+        connections_reused=tally.connections_reused,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    await asyncio.to_thread(write_stats, files.stats, result)
     metrics.SHARDS_FINISHED.labels("done").inc()
     metrics.SHARD_DURATION.observe(elapsed)
     return result
 
 
-class _Packer:
-    """Names members, queues them for the tar writer and hands back budget once written."""
-
-    def __init__(self, writer: TarWriter, namer: MemberNamer, fetcher: Fetcher) -> None:
-        self._writer = writer
-        self._namer = namer
-        self._fetcher = fetcher
-
-    def add(self, row: dict[str, Any], download: Download, outcome: dict[str, Any]) -> None:
-        body = download.body
-        assert body is not None
-        stem = self._namer.stem(row["class"], row["key"])
-        member = f"{stem}.{download.extension}"
-        outcome["member"] = member
-
-        def written(sha256: str) -> None:  # on the writer thread
-            outcome["sha256"] = sha256
-            self._fetcher.release(download)
-
-        self._writer.add(member, body, written)
-        if self._namer.layout == "webdataset":
-            meta = {k: row[k] for k in ("key", "url", "class", "label")}
-            self._writer.add(f"{stem}.json", json.dumps(meta, ensure_ascii=False).encode())
-            self._writer.add(f"{stem}.cls", str(row["label"]).encode())
-        download.body = None  # the writer holds the bytes now
+def _pack(
+    packer: MemberPacker,
+    fetcher: Fetcher,
+    row: dict[str, Any],
+    download: Download,
+    outcome: dict[str, Any],
+) -> None:
+    """Hand the downloaded image to the packer; its bytes go back to the fetcher's budget once
+    they are in the tar."""
+    assert download.body is not None and download.extension is not None
+    packer.add(row, download.body, download.extension, outcome, lambda: fetcher.release(download))
+    download.body = None  # the writer holds the bytes now
 
 
 def _manifest_row(
@@ -283,7 +208,7 @@ def _manifest_row(
         "url": row["url"],
         "class": row["class"],
         "label": row["label"],
-        "status": status or (download.status if download else errors.INTERNAL_ERROR),
+        "status": status or (download.status if download else Status.INTERNAL_ERROR),
     }
     if download is not None:
         outcome.update(
@@ -310,8 +235,8 @@ def _duplicates(rows: list[dict[str, Any]]) -> dict[int, int]:
 
 def _duplicate_row(row: dict[str, Any], original: dict[str, Any]) -> dict[str, Any]:
     """A duplicate shares the original's member when it was fetched, else its failure."""
-    fetched = original["status"] == errors.OK
-    outcome = _manifest_row(row, None, errors.DUPLICATE if fetched else original["status"])
+    fetched = original["status"] == Status.OK
+    outcome = _manifest_row(row, None, Status.DUPLICATE if fetched else original["status"])
     outcome.update(
         duplicate_of=original["row"],
         http_status=original.get("http_status"),
@@ -324,7 +249,7 @@ def _duplicate_row(row: dict[str, Any], original: dict[str, Any]) -> dict[str, A
     return outcome
 
 
-async def _report_progress(shard_id: str, tally: _Tally, progress: Progress | None) -> None:
+async def _report_progress(shard_id: str, tally: _Tally, progress: ProgressCallback | None) -> None:
     if progress is None:
         return
     while True:

@@ -3,25 +3,50 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import re
+import signal
+import sqlite3
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from ldawt.daemon.fetcher.options import FetchOptions
+import pyarrow as pa
+
+from ldawt.daemon.contract import FetchOptions
 
 from . import demo, metrics, report
 from .argtypes import at_least
 from .config import apply_config
+from .console import command_logging, configure_logging
 from .engines import add_engine_options, make_engine
-from .inputs import InputError
-from .job import JOB_SUBDIR
-from .ledger import LedgerFull
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError, LdawtError
+from .job import JOB_SUBDIR, Job, JobRun, JobSettings, ldawt_version
 from .plan import STRATEGIES, PlanOptions
 from .retry import TRANSIENT, open_job, parse_statuses, retry_failed
-from .submit import JobRequest, run_job
+from .submit import JobRequest, prepare_output, run_job
 
+# Named, not __name__: run as `python -m ldawt.manager.cli`, this module is __main__, whose
+# logger -v would not reach.
+log = logging.getLogger("ldawt.manager.cli")
+EXIT_HELP = (
+    "exit status: 0 when every shard is done; 1 when the job ended with failed shards or "
+    "stopped (rerun the same command to go on); 2 for a usage, input or engine error (the "
+    "message says what to change; nothing the job did is lost); 130 when interrupted."
+)
+SHOW_EXIT_HELP = (
+    "exit status: 0 when the job was read; 2 when DIR holds no job or its files cannot be read."
+)
+# SQLite's result codes for a file that is not (or no longer) a database.
+DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 DEFAULTS = FetchOptions()
+LATEST_RUN_DEFAULT = "default: as in the job's latest run)"
 PLAN_DEFAULTS = PlanOptions()
 
 
@@ -87,7 +112,26 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
 
-    fetch = parser.add_argument_group("downloading")
+    _add_fetch_options(parser)
+
+    job = parser.add_argument_group("job")
+    job.add_argument(
+        "--force-new",
+        action="store_true",
+        help="when OUT holds a job with other inputs or options, discard it and its shard files "
+        "and start over (default: off, such a job is refused)",
+    )
+    _add_run_options(parser)
+
+
+def _add_fetch_options(parser: argparse.ArgumentParser, of_latest_run: bool = False) -> None:
+    """The downloading options. ``of_latest_run``: options not given keep the values of the
+    job's latest run (retry-failed) instead of the defaults."""
+    fetch = parser.add_argument_group(
+        "downloading (each as in the job's latest run unless given)"
+        if of_latest_run
+        else "downloading"
+    )
     fetch.add_argument(
         "--concurrency",
         type=at_least(1),
@@ -142,15 +186,29 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "--ca-file",
         help="trust the certificates in this PEM file instead of the system's (default: none)",
     )
+    if of_latest_run:
+        for action in fetch._group_actions:
+            action.default = argparse.SUPPRESS  # absent from args: fetch_options keeps the run's
+            action.help = re.sub(r"default: .*\)$", LATEST_RUN_DEFAULT, action.help or "")
 
-    job = parser.add_argument_group("job")
-    job.add_argument(
-        "--force-new",
-        action="store_true",
-        help="when OUT holds a job with other inputs or options, discard it and its shard files "
-        "and start over (default: off, such a job is refused)",
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """What every command takes: how much it says."""
+    shown = parser.add_argument_group("messages")
+    shown.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=0,
+        help="only warnings and errors, no progress display (default: off)",
     )
-    _add_run_options(parser)
+    shown.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="also debugging messages (default: off)",
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -183,19 +241,31 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add_engine_options(parser)
 
 
+# Downloading option -> FetchOptions field (``--insecure`` is ``tls_verify`` negated).
+FETCH_FIELDS = {
+    "concurrency": "concurrency",
+    "per_host": "per_host",
+    "host_rps": "host_rps",
+    "timeout": "total_timeout",
+    "read_timeout": "read_timeout",
+    "retries": "retries",
+    "max_bytes": "max_bytes",
+    "allow_private": "allow_private",
+    "ca_file": "ca_file",
+}
+
+
+def fetch_options(args: argparse.Namespace, base: FetchOptions = DEFAULTS) -> FetchOptions:
+    """``base`` with the downloading options present in ``args``."""
+    given: dict[str, Any] = {
+        field: getattr(args, dest) for dest, field in FETCH_FIELDS.items() if hasattr(args, dest)
+    }
+    if hasattr(args, "insecure"):
+        given["tls_verify"] = not args.insecure
+    return dataclasses.replace(base, **given)
+
+
 def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobRequest:
-    fetch = FetchOptions(
-        concurrency=args.concurrency,
-        per_host=args.per_host,
-        host_rps=args.host_rps,
-        total_timeout=args.timeout,
-        read_timeout=args.read_timeout,
-        retries=args.retries,
-        max_bytes=args.max_bytes,
-        allow_private=args.allow_private,
-        tls_verify=not args.insecure,
-        ca_file=args.ca_file,
-    )
     plan = PlanOptions(
         shard_size=args.shard_size,
         strategy=args.strategy,
@@ -203,7 +273,7 @@ def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobReques
         layout=args.layout,
         compress=args.compress,
         deadline_s=args.deadline,
-        fetch=fetch,
+        fetch=fetch_options(args),
     )
     return JobRequest(
         input_path,
@@ -223,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ldawt-manager",
         description="Download image URL tables into tar shards, with one manifest row per "
         "input row.",
+        epilog=EXIT_HELP,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -231,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan a job and run it (rerun the same command to resume)",
         description="Plan INPUT into shards and download them into OUT: per shard a tar of images, "
         "a manifest (.manifest.parquet, one row per input row) and a stats file.",
+        epilog=EXIT_HELP,
     )
     submit.add_argument(
         "input",
@@ -246,11 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd = commands.add_parser(
         "demo",
         help="run a whole job offline against a built-in loopback origin",
-        description="Start a loopback origin serving generated JPEGs (about 3%% answer 404 and 1%% "
-        "HTML), point a URL list at it and run a real job.",
+        description="Start a loopback origin serving generated JPEGs (about 3% answer 404 and 1% "
+        "HTML), point a URL list at it and run a real job. The demo starts its job afresh each "
+        "time, so it refuses a folder holding a job it did not make (unless --force-new).",
+        epilog=EXIT_HELP,
     )
     demo_cmd.add_argument(
-        "--input", type=Path, help="a real URL list to rewrite (default: a synthetic list)"
+        "--input",
+        type=Path,
+        help="a real URL list (a parquet or CSV file, or a folder of them) whose first --rows "
+        "rows are pointed at the origin (default: a synthetic list)",
     )
     demo_cmd.add_argument(
         "--rows", type=at_least(1), default=2000, help="rows to take (default: %(default)s)"
@@ -266,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run again the rows whose latest outcome is a transient failure",
         description="Build a new round of shards from the failed rows of DIR's manifests and run "
         "it; reports then count each row once, with its latest outcome. Uses the fetch options "
-        "of the job's latest run.",
+        "of the job's latest run unless given here (e.g. --allow-private, --timeout).",
+        epilog=EXIT_HELP,
     )
     retry.add_argument("dir", type=Path, help="the job's output folder")
     retry.add_argument(
@@ -274,10 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated statuses to retry; http_4xx / http_5xx mean the whole class, all "
         f"means every failure (default: {','.join(TRANSIENT)})",
     )
+    _add_fetch_options(retry, of_latest_run=True)
     _add_run_options(retry)
 
     status_cmd = commands.add_parser(
-        "status", help="shards by state, rows done/failed/pending, rate and ETA (instant)"
+        "status",
+        help="shards by state, rows done/failed/pending, rate and ETA (instant)",
+        description="Say where the job in DIR stands, from its ledger and lock alone (instant, "
+        "safe while the job runs): whether a manager is running it, shards by state, rows ok, "
+        "failed and pending, the rate while running and the time left.",
+        epilog=SHOW_EXIT_HELP,
     )
     status_cmd.add_argument("dir", type=Path, help="the job's output folder")
 
@@ -285,11 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="totals, failures by status and host, classes, throughput, slowest hosts",
         description="Read every committed manifest of DIR and summarise the job.",
+        epilog=SHOW_EXIT_HELP,
     )
     report_cmd.add_argument("dir", type=Path, help="the job's output folder")
     report_cmd.add_argument(
         "--json", action="store_true", help="print JSON instead of text (default: off)"
     )
+    for command in commands.choices.values():
+        _add_output_options(command)
     return parser
 
 
@@ -316,68 +403,134 @@ def _serve_metrics(address: str, port: int) -> None:
     except OSError as exc:
         raise InputError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
     metrics.mark_job_start()
-    print(f"ldawt-manager: metrics on http://{address}:{chosen}/metrics", file=sys.stderr)
+    log.info(f"metrics on http://{address}:{chosen}/metrics")
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        if getattr(args, "metrics_port", None) is not None:
-            _serve_metrics(args.metrics_address, args.metrics_port)
-        if args.command == "submit":
-            return run_job(_request(args, args.input, args.out), make_engine(args), sys.stderr)
-        if args.command == "retry-failed":
-            statuses = parse_statuses(args.status)
-            return retry_failed(
-                args.dir, statuses, make_engine(args), args.shard_retries, sys.stderr
-            )
-        if args.command in ("status", "report"):
-            return _show(args)
-        return _demo(args)
-    except InputError as exc:
-        print(f"ldawt-manager: error: {exc}", file=sys.stderr)
-        return 2
-    except LedgerFull as exc:
-        print(
-            f"ldawt-manager: error: {exc}; the ledger is consistent and nothing committed is "
-            "lost: free some space and rerun the same command",
-            file=sys.stderr,
+    """Run one command; every error it reports is a message and an exit status, no traceback
+    (``-v`` adds the traceback, for a bug report)."""
+    with command_logging():
+        args: argparse.Namespace | None = None
+        try:
+            args = parse_args(argv)
+            configure_logging(args.verbose - args.quiet)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("ldawt %s: %s", ldawt_version(), vars(args))
+            if getattr(args, "metrics_port", None) is not None:
+                _serve_metrics(args.metrics_address, args.metrics_port)
+            return COMMANDS[args.command](args)
+        except LdawtError as exc:
+            return _fail(str(exc), exc.exit_status)
+        except sqlite3.DatabaseError as exc:
+            return _fail(_ledger_problem(exc, args), EXIT_USAGE)
+        except KeyboardInterrupt:
+            log.warning("interrupted; rerun the same command to resume")
+            return EXIT_INTERRUPTED
+
+
+def _fail(message: str, status: int) -> int:
+    log.error(message)
+    log.debug("where it happened:", exc_info=True)
+    return status
+
+
+def _ledger_problem(exc: sqlite3.DatabaseError, args: argparse.Namespace | None) -> str:
+    """The message for an SQLite error, which only the job's ledger can raise: damaged (garbage
+    bytes, truncated) or unusable (locked, unreadable folder). Other SQLite errors are bugs."""
+    out = None if args is None else getattr(args, "dir", None) or getattr(args, "out", None)
+    job = None if out is None else Job(out)
+    ledger = "the job's ledger" if job is None else f"the job's ledger {job.ledger_path}"
+    if getattr(exc, "sqlite_errorcode", None) in DAMAGED_CODES:
+        return (
+            f"{ledger} is damaged ({exc}). It is the record of which shards are done: restore it "
+            f"from a backup, or move {'the job folder' if job is None else job.folder} away and "
+            "rerun the job's submit command to start the job over"
         )
-        return 1
-    except KeyboardInterrupt:
-        print("\nldawt-manager: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    if isinstance(exc, sqlite3.OperationalError):
+        return f"cannot use {ledger}: {exc}"
+    raise exc
+
+
+def _submit(args: argparse.Namespace) -> int:
+    return run_job(_request(args, args.input, args.out), make_engine(args))
+
+
+def _retry_failed(args: argparse.Namespace) -> int:
+    statuses = parse_statuses(args.status)
+    return retry_failed(
+        args.dir, statuses, make_engine(args), args.shard_retries, lambda f: fetch_options(args, f)
+    )
 
 
 def _show(args: argparse.Namespace) -> int:
     job = open_job(args.dir)
     with job.open_ledger() as ledger:
         if args.command == "status":
-            print(report.format_status(job, report.status(ledger)))
-        elif args.json:
-            print(json.dumps(report.report(job, ledger), indent=2))
+            text = report.format_status(job, report.status(ledger))
         else:
-            print(report.format_report(report.report(job, ledger)))
-    return 0
+            try:
+                figures = report.report(JobRun(job, ledger, JobSettings.load(ledger)))
+            except (pa.ArrowException, OSError) as exc:
+                missing = isinstance(exc, FileNotFoundError) and exc.filename is None
+                raise InputError(
+                    f"cannot read the shard files of the job in {job.out}: "
+                    f"{f'{exc} is missing' if missing else exc}; rerun its "
+                    "submit command, which checks them and fetches again the shards whose files "
+                    "are damaged"
+                ) from exc
+            text = json.dumps(figures, indent=2) if args.json else report.format_report(figures)
+    with _default_sigpipe():
+        print(text, flush=True)
+    return EXIT_OK
+
+
+@contextmanager
+def _default_sigpipe() -> Iterator[None]:
+    """While printing what a read-only command found: end quietly when the reader goes away
+    (`report DIR | head`), killed by SIGPIPE as other Unix tools are, instead of a
+    BrokenPipeError. Python ignores SIGPIPE otherwise; restored after, since ``main`` may run
+    inside another program (where a SIGPIPE would kill that program)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        # None: set outside Python, which cannot be restored; Python's own setting then
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN if previous is None else previous)
 
 
 def _demo(args: argparse.Namespace) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="ldawt-demo-"))
+    listing = out / JOB_SUBDIR / demo.LISTING_NAME
+    prepare_output(out)
+    if not args.force_new:  # given: the person asked to discard what OUT holds
+        demo.check_folder(out, listing)
     args.allow_private = True
     args.force_new = True  # the origin's port, hence every URL, is new each time
+    url_col = args.url_col or "photo_url"
+    if args.input is not None:
+        demo.check_input(args.input, url_col)
+    engine = make_engine(args)
     with demo.serve_in_background(demo.demo_app()) as port:
-        url_col = args.url_col or "photo_url"
-        listing = demo.rewrite_hosts(
-            args.input, args.rows, port, url_col, out / JOB_SUBDIR / "demo_input.parquet"
+        demo.rewrite_hosts(args.input, args.rows, port, url_col, listing)
+        log.info(
+            f"demo: origin on 127.0.0.1:{port}, {args.rows:,} rows from "
+            f"{args.input or 'a synthetic list'}"
         )
-        print(
-            f"ldawt demo: origin on 127.0.0.1:{port}, {args.rows:,} rows from "
-            f"{args.input or 'a synthetic list'}",
-            file=sys.stderr,
-        )
-        status = run_job(_request(args, listing, out), make_engine(args), sys.stderr)
-    print(f"ldawt demo: output in {out}", file=sys.stderr)
+        status = run_job(_request(args, listing, out), engine)
+    log.info(f"demo: output in {out}")
     return status
+
+
+COMMANDS = {
+    "submit": _submit,
+    "retry-failed": _retry_failed,
+    "status": _show,
+    "report": _show,
+    "demo": _demo,
+}
 
 
 if __name__ == "__main__":

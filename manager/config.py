@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .inputs import InputError
+from .errors import InputError
 
 # The seed's keys: option name, and how its value converts.
 SEED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {

@@ -16,7 +16,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from aiohttp import web
 
+from .errors import InputError
 from .images import make_jpeg
+from .inputs import (
+    ColumnMap,
+    check_files,
+    iter_batches,
+    list_input_files,
+    read_schema,
+    resolve_columns,
+)
+from .job import Job
+
+LISTING_NAME = "demo_input.parquet"
 
 DEMO_CLASSES = (
     "Danaus plexippus",
@@ -81,6 +93,64 @@ async def _cancel_leftover_tasks() -> None:
     await asyncio.gather(*leftovers, return_exceptions=True)
 
 
+def check_folder(out: Path, listing: Path) -> None:
+    """Refuse ``out`` when it holds a job the demo did not make: the demo starts its job afresh
+    each time (its origin's port, hence every URL, is new), which would discard that job. The
+    demo's own jobs are planned from its ``listing``; a job whose planning did not finish is
+    the demo's when that listing is there."""
+    job = Job(out)
+    if not job.exists():
+        return
+    with job.open_ledger() as ledger:
+        identity = ledger.meta("identity")
+    if identity is None:
+        if listing.exists():
+            return
+        raise InputError(
+            f"{out} holds an ldawt job whose planning did not finish, not one the demo made; "
+            "the demo would discard it. Give the demo another --out, or pass --force-new to "
+            "discard that job"
+        )
+    inputs = [i["path"] for i in identity.get("inputs", [])]
+    if inputs != [str(listing.resolve())]:
+        raise InputError(
+            f"{out} holds a job planned from {', '.join(inputs) or 'unknown inputs'}, not one "
+            "the demo made there; the demo starts afresh each time, so it would discard that job. "
+            "Give the demo another --out, or pass --force-new to discard that job"
+        )
+
+
+def check_input(source: Path, url_col: str) -> list[Path]:
+    """The table files of a real URL list (a parquet or CSV file, or a folder of them), each
+    with a text ``url_col``; an ``InputError`` says what is wrong otherwise."""
+    files = list_input_files(source)
+    schema = read_schema(files[0])
+    resolve_columns(schema, url_col, None, None)
+    check_files(files, ColumnMap(url_col, None, None, tuple(schema.names)))
+    return files
+
+
+def _first_rows(source: Path, rows: int, url_col: str) -> pa.Table:
+    files = check_input(source, url_col)
+    names = read_schema(files[0]).names
+    tables: list[pa.Table] = []
+    taken = 0
+    for path in files:
+        for batch in iter_batches(path, names):
+            tables.append(pa.Table.from_batches([batch.slice(0, rows - taken)]))
+            taken += tables[-1].num_rows
+            if taken == rows:
+                break
+        if taken == rows:
+            break
+    if not taken:
+        raise InputError(f"{source} holds no rows")
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"the files of {source} do not hold the same column types: {exc}") from exc
+
+
 def rewrite_hosts(
     source: Path | None, rows: int, port: int, url_col: str, destination: Path
 ) -> Path:
@@ -95,10 +165,7 @@ def rewrite_hosts(
             }
         )
     else:
-        first = next(pq.ParquetFile(source).iter_batches(batch_size=rows), None)
-        if first is None:
-            raise ValueError(f"{source} has no rows")
-        table = pa.Table.from_batches([first])
+        table = _first_rows(source, rows, url_col)
         urls = [
             None if u is None else f"http://127.0.0.1:{port}{urlsplit(u).path}"
             for u in table.column(url_col).to_pylist()

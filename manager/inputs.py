@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .errors import InputError
+
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv")
 URL_DEFAULT = "photo_url"
 CLASS_CANDIDATES = ("taxon_name", "species_name", "class", "label", "name")
@@ -21,10 +23,6 @@ UNKNOWN_CLASS = "unknown"
 BATCH_ROWS = 65_536
 # Rows per CSV byte, for sizing the planner's partitions only.
 CSV_BYTES_PER_ROW = 64
-
-
-class InputError(ValueError):
-    """A problem with the input tables, worded for the person who gave them."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +168,7 @@ def key_from_url(url: str | None, row: int) -> str:
     return "_".join(segments[-2:])
 
 
-class Labeler:
+class ClassLabels:
     """Class name -> integer label, numbered in order of first appearance."""
 
     def __init__(self) -> None:
@@ -190,7 +188,9 @@ def blank_mask(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True)
 
 
-def shard_tables(files: list[Path], columns: ColumnMap, labeler: Labeler) -> Iterator[pa.Table]:
+def shard_tables(
+    files: list[Path], columns: ColumnMap, class_labels: ClassLabels
+) -> Iterator[pa.Table]:
     """Input batches converted to the shard columns (``row url class key label`` and the
     passthrough columns), in input order; ``row`` numbers rows across all files."""
     next_row = 0
@@ -217,7 +217,13 @@ def shard_tables(files: list[Path], columns: ColumnMap, labeler: Labeler) -> Ite
                     ],
                     pa.string(),
                 )
-            arrays = [pa.array(numbers, pa.int64()), urls, classes, keys, labeler.labels(classes)]
+            arrays = [
+                pa.array(numbers, pa.int64()),
+                urls,
+                classes,
+                keys,
+                class_labels.labels(classes),
+            ]
             names = ["row", "url", "class", "key", "label"]
             for name in columns.passthrough:
                 arrays.append(batch.column(name))

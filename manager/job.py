@@ -18,10 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ldawt.daemon.packer.manifest import write_atomically
-from ldawt.daemon.shard import ShardSpec
+from ldawt.daemon.contract import FetchOptions, ShardFiles, ShardSpec, write_text_atomically
 
-from .inputs import ColumnMap, InputError
+from .errors import InputError
+from .inputs import ColumnMap
 from .ledger import RESERVE_SUFFIX, Ledger, ShardRecord
 from .plan import PlanOptions
 
@@ -91,6 +91,7 @@ class Job:
         self.spill_dir = self.folder / "tmp"
         self.ledger_path = self.folder / LEDGER_NAME
         self.description_path = self.folder / "job.json"
+        self.lock_path = self.folder / "manager.lock"
 
     def exists(self) -> bool:
         return self.ledger_path.exists()
@@ -103,7 +104,7 @@ class Job:
     def lock(self) -> Iterator[None]:
         """Exclusive use of the job by this manager process."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "manager.lock", "a+") as handle:
+        with open(self.lock_path, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -125,35 +126,95 @@ class Job:
                 else:
                     os.environ[JOB_ENV] = previous
 
+    def manager_pid(self) -> int | None:
+        """The pid of the ldawt-manager running the job now (the process holding ``lock``), or
+        None when none is. A non-blocking probe: a shared lock taken and given back at once, so
+        it never keeps a manager from starting for longer than the probe itself. 0 when a
+        manager holds the lock but has not written its pid yet."""
+        try:
+            with open(self.lock_path) as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    text = handle.read().strip()
+                    return int(text) if text.isdigit() else 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return None
+        except FileNotFoundError:  # no manager ever ran the job here
+            return None
+
     def write_description(self, identity: JobIdentity, extra: dict[str, Any]) -> None:
         description = {"ldawt_version": ldawt_version(), **identity.to_dict(), **extra}
-        text = json.dumps(description, indent=2, sort_keys=True) + "\n"
-        write_atomically(self.description_path, lambda partial: partial.write_text(text))
+        write_text_atomically(
+            self.description_path, json.dumps(description, indent=2, sort_keys=True) + "\n"
+        )
 
-    def spec(self, shard: ShardRecord, options: PlanOptions, passthrough: list[str]) -> dict:
-        """The shard contract's spec (docs/DESIGN.md) for one ledger shard."""
+
+@dataclass(frozen=True)
+class JobSettings:
+    """How a job's shards run: the planning options (layout, compression) it was made with, the
+    fetch options and deadline of the current run, and the columns carried into manifests."""
+
+    options: PlanOptions
+    passthrough: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, ledger: Ledger) -> JobSettings:
+        """The settings of a planned job, with the fetch options of its latest run."""
+        identity, run = ledger.meta("identity"), ledger.meta("run")
+        if identity is None or run is None:
+            raise InputError(
+                f"the job in {ledger.path.parent.parent} was never fully planned; "
+                "rerun its submit command"
+            )
+        options = PlanOptions(
+            **identity["options"],
+            deadline_s=run["deadline_s"],
+            fetch=FetchOptions.from_dict(run["fetch"]),
+        )
+        return cls(options, tuple(identity["columns"]["passthrough"]))
+
+    def run_meta(self) -> dict[str, Any]:
+        """What a run may change from the previous one, kept in the ledger for the next."""
         return {
-            "shard_id": shard.shard_id,
-            "input_path": str(self.out / shard.input_path),
-            "output_dir": str(self.out),
-            "layout": options.layout,
-            "compress": options.compress,
-            "passthrough": passthrough,
-            "fetch": options.fetch.to_dict(),
-            "deadline_s": options.deadline_s,
+            "run": {"fetch": self.options.fetch.to_dict(), "deadline_s": self.options.deadline_s}
         }
 
-    def output_paths(self, shard_id: str, compress: bool) -> ShardSpec:
-        """A spec that only names the shard's output files (``tar_path`` and friends)."""
-        return ShardSpec(shard_id, "", str(self.out), compress=compress)
 
-    def discard(self, ledger: Ledger, compress: bool) -> None:
+@dataclass(frozen=True)
+class JobRun:
+    """A job opened for work: its folder, its ledger and the settings this run uses. What every
+    step of ``submit`` and ``retry-failed`` takes."""
+
+    job: Job
+    ledger: Ledger
+    settings: JobSettings
+
+    def files(self, shard_id: str) -> ShardFiles:
+        return ShardFiles.of(self.job.out, shard_id, self.settings.options.compress)
+
+    def spec(self, shard: ShardRecord) -> ShardSpec:
+        """The shard contract's spec for one ledger shard."""
+        options = self.settings.options
+        return ShardSpec(
+            shard_id=shard.shard_id,
+            input_path=str(self.job.out / shard.input_path),
+            output_dir=str(self.job.out),
+            layout=options.layout,
+            compress=options.compress,
+            passthrough=self.settings.passthrough,
+            fetch=options.fetch,
+            deadline_s=options.deadline_s,
+        )
+
+    def discard(self) -> None:
         """Forget the job: its shard outputs, shard inputs and ledger (``--force-new``)."""
-        for shard in ledger.shards():
-            self.output_paths(shard.shard_id, compress).remove_outputs()
-        ledger.close()
+        job = self.job
+        for shard in self.ledger.shards():
+            self.files(shard.shard_id).remove()
+        self.ledger.close()
         for suffix in ("", "-wal", "-shm", RESERVE_SUFFIX):
-            Path(f"{self.ledger_path}{suffix}").unlink(missing_ok=True)
-        shutil.rmtree(self.shard_dir, ignore_errors=True)
-        shutil.rmtree(self.spill_dir, ignore_errors=True)
-        self.description_path.unlink(missing_ok=True)
+            Path(f"{job.ledger_path}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(job.shard_dir, ignore_errors=True)
+        shutil.rmtree(job.spill_dir, ignore_errors=True)
+        job.description_path.unlink(missing_ok=True)

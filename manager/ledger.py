@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import JobStopped
+
 PLANNED, RUNNING, DONE, FAILED = "planned", "running", "done", "failed"
 STATES = (PLANNED, RUNNING, DONE, FAILED)
 # The ledger shares its disk with the shard outputs. A reserve file, given up when the disk is
@@ -84,7 +86,7 @@ class Committed:
     started_at: float | None
 
 
-class LedgerFull(OSError):
+class LedgerFull(JobStopped, OSError):
     """The ledger's disk stayed full; the ledger is unchanged by the write that failed."""
 
 
@@ -135,7 +137,10 @@ class Ledger:
                 if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                     raise
                 if attempt == FULL_RETRIES:
-                    raise LedgerFull(f"cannot write the ledger {self.path}: {exc}") from exc
+                    raise LedgerFull(
+                        f"cannot write the ledger {self.path}: {exc}; the ledger is consistent "
+                        "and nothing committed is lost: free some space and rerun the same command"
+                    ) from exc
             if self.reserve_path.exists():
                 self.reserve_path.unlink()
                 self.reserve_used = True

@@ -12,6 +12,9 @@ Two families live in the manager's own ``REGISTRY``:
 
 Label values are bounded: statuses come from the closed taxonomy (anything else becomes
 ``other``), states and outcomes are fixed lists.
+
+The manager also tells Prometheus where the daemons are: ``WorkerTargets`` keeps the endpoints
+that shard results name in a file-based discovery file of the job folder (``TARGETS_FILE``).
 """
 
 from __future__ import annotations
@@ -31,16 +34,15 @@ from prometheus_client import (
     Histogram,
 )
 
-from ldawt.daemon.fetcher.errors import ALL_STATUSES, DUPLICATE, OK, SUCCESSES
+from ldawt.daemon.contract import ALL_STATUSES, SUCCESSES, Status, write_text_atomically
 from ldawt.daemon.metrics import SHARD_BUCKETS, Endpoint, new_registry
-from ldawt.daemon.packer.manifest import write_text_atomically
 
 log = logging.getLogger(__name__)
 
 REGISTRY = new_registry()
 
 SHARD_STATES = ("pending", "running", "done", "failed")
-ROW_OUTCOMES = (OK, DUPLICATE, "failed")
+ROW_OUTCOMES = (Status.OK, Status.DUPLICATE, "failed")
 SHARD_OUTCOMES = ("done", "failed")
 CONNECTION_KINDS = ("new", "reused")
 OTHER_STATUS = "other"
@@ -190,19 +192,90 @@ def mark_job_start(when: float | None = None) -> None:
     JOB_START.set(time.time() if when is None else when)
 
 
+TARGETS_FILE = "prometheus-targets.json"
+"""The job folder's Prometheus file-based discovery file, ``OUT/job/prometheus-targets.json``:
+the ``/metrics`` endpoints of the library processes serving the current run (``WorkerTargets``)."""
+
+
+def metrics_target(result: Mapping[str, Any]) -> str | None:
+    """The ``host:port`` of the daemon endpoint a shard result names (the worker's ``host`` and
+    its library's ``metrics_port``), or None: results of the local engine, failures that never
+    reached a library and libraries without a metrics server name none."""
+    port = result.get("metrics_port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    host = result.get("host")
+    if not isinstance(host, str) or not host:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _targets_text(targets: Iterable[str], labels: Mapping[str, str] | None) -> str:
+    entry = {"targets": sorted(set(targets)), "labels": dict(labels or {})}
+    return json.dumps([entry] if entry["targets"] else [], indent=2) + "\n"
+
+
 def write_worker_targets(
     path: str | os.PathLike[str], targets: Iterable[str], labels: Mapping[str, str] | None = None
 ) -> None:
     """Write Prometheus file-based discovery for the daemons' endpoints (``host:port``, as each
-    library reports its chosen port), atomically, so Prometheus never reads half a file.
+    library reports its chosen port), atomically, so Prometheus never reads half a file: one
+    target group with ``labels``, or ``[]`` when there is no target.
 
     Point a ``file_sd_configs`` entry of the ``ldawt-worker`` job at ``path``; Prometheus picks
     up every rewrite by itself.
     """
-    destination = Path(path)
-    entry = {"targets": sorted(set(targets)), "labels": dict(labels or {})}
-    text = json.dumps([entry] if entry["targets"] else [], indent=2) + "\n"
-    write_text_atomically(destination, text)
+    write_text_atomically(Path(path), _targets_text(targets, labels))
+
+
+class WorkerTargets:
+    """The daemon endpoints named by the shard results of one run, kept in a file-discovery file
+    (``write_worker_targets``) for Prometheus.
+
+    A library process, and its ``/metrics``, lives only while its worker is connected to this
+    manager (a vine_worker stops its libraries when the manager goes), so the file lists the
+    current run's endpoints: opening replaces what an earlier run left there, ``add`` rewrites
+    the file only when a result names an endpoint not listed yet, ``close`` empties it. Never
+    raises on a file that cannot be written: the run goes on, and the next change tries again.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], labels: Mapping[str, str] | None = None):
+        self.path = Path(path)
+        self.labels = dict(labels or {})
+        self.targets: set[str] = set()
+        self._written = True  # the file says what self.targets says
+        try:
+            self._written = self.path.read_text() == _targets_text((), self.labels)
+        except FileNotFoundError:
+            pass  # nothing to replace; no file until there is a target
+        except (OSError, UnicodeDecodeError):
+            self._written = False
+        if not self._written:
+            self._write()
+
+    def add(self, result: Mapping[str, Any]) -> bool:
+        """Take note of the endpoint a shard result names; True when the file was rewritten."""
+        target = metrics_target(result)
+        if target is None or target in self.targets:
+            return False
+        self.targets.add(target)
+        return self._write()
+
+    def close(self) -> None:
+        """The run is over and its libraries with it: no target left in the file."""
+        if self.targets or not self._written:
+            self.targets.clear()
+            self._write()
+
+    def _write(self) -> bool:
+        try:
+            write_worker_targets(self.path, self.targets, self.labels)
+        except OSError as exc:
+            self._written = False
+            log.warning("could not write the Prometheus targets file %s: %s", self.path, exc)
+            return False
+        self._written = True
+        return True
 
 
 _ENDPOINT = Endpoint(REGISTRY, "manager")

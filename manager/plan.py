@@ -36,13 +36,13 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from ldawt.daemon.fetcher.options import FetchOptions
-from ldawt.daemon.shard import DUPLICATE_OF
+from ldawt.daemon.contract import DUPLICATE_OF, INPUT_COLUMNS, FetchOptions
 
-from .inputs import UNKNOWN_CLASS, InputError, blank_mask
+from .errors import InputError
+from .inputs import UNKNOWN_CLASS, blank_mask
 
 STRATEGIES = ("fixed", "class")
-SHARD_COLUMNS = ("row", "url", "class", "key", "label", DUPLICATE_OF)
+SHARD_COLUMNS = (*INPUT_COLUMNS, DUPLICATE_OF)
 # Rows per partition and per block: bounds the planner's memory (about 600 MB at most). Past
 # MAX_SPILL_FILES files at once (open file limits), partitions and blocks grow instead.
 SPILL_ROWS = 200_000

@@ -1,24 +1,32 @@
-"""`ldawt-manager status` (from the ledger alone, instant) and `ldawt-manager report` (reads
-every committed manifest: outcomes by status, host and class, throughput, slow hosts)."""
+"""`ldawt-manager status` (from the ledger and the job's lock, instant: whether a manager runs
+the job now) and `ldawt-manager report` (reads every committed manifest: outcomes by status, host
+and class, throughput, slow hosts)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from itertools import chain, count
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ldawt.daemon.fetcher import errors
+from ldawt.daemon.contract import SUCCESSES, Status
 
-from .job import Job
-from .ledger import DONE, Ledger, ShardRecord
-from .outcomes import latest_outcomes
-from .progress import format_duration
+from .console import format_duration
+from .job import Job, JobRun
+from .ledger import DONE, RUNNING, Ledger, ShardRecord
+from .manifests import latest_outcomes
 
 TOP = 10
 THROUGHPUT_BUCKETS = 24
+"""At most this many rows in the throughput table."""
+NICE_WIDTHS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200)
+DAY_S = 86400
+RESUME_HINT = "rerun the same submit command to resume"
 _HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]+)"
 NO_HOST = "(no host)"
 
@@ -38,41 +46,74 @@ def busy_seconds(shards: list[ShardRecord]) -> float:
     return total
 
 
-def status(ledger: Ledger) -> dict[str, Any]:
+def status(ledger: Ledger, job: Job | None = None) -> dict[str, Any]:
+    """Where the job stands, from its ledger and its lock (``job``: the ledger's own job unless
+    given). ``manager_pid``: the ldawt-manager running the job now, or None. When none is, the
+    ledger's ``running`` shards are counted as ``interrupted`` (nothing runs them; the next
+    ``submit`` runs them again) and there is no ETA."""
+    job = job or Job(ledger.path.parent.parent)
+    manager_pid = job.manager_pid()
     shards = ledger.shards()
     done = [s for s in shards if s.state == DONE]
+    states = ledger.state_counts()
     counts = ledger.status_counts()
     planned_rows = (ledger.meta("plan") or {}).get("rows", 0)
-    ok = sum(counts[s] for s in errors.SUCCESSES)
+    ok = sum(counts[s] for s in SUCCESSES)
     with_outcome = sum(counts.values())
     busy = busy_seconds(done)
     rate = sum(s.rows for s in done) / busy if busy else 0.0
     to_run = sum(s.rows for s in shards if s.state != DONE)
+    running = manager_pid is not None
     return {
-        "shards": ledger.state_counts(),
+        "shards": states,
+        "planned": ledger.meta("identity") is not None,
+        "manager_pid": manager_pid,
+        "interrupted": 0 if running else states[RUNNING],
         "rows": planned_rows,
         "rows_ok": ok,
         "rows_failed": with_outcome - ok,
         "rows_pending": planned_rows - with_outcome,
         "rows_to_run": to_run,
         "rows_per_s": rate,
-        "eta_s": to_run / rate if rate and to_run else None,
+        "eta_s": to_run / rate if running and rate and to_run else None,
     }
 
 
 def format_status(job: Job, figures: dict[str, Any]) -> str:
-    shards = figures["shards"]
-    eta = "-" if figures["eta_s"] is None else format_duration(figures["eta_s"])
-    return "\n".join(
-        [
-            f"job: {job.out}",
-            "shards: " + ", ".join(f"{n:,} {state}" for state, n in shards.items()),
-            f"rows: {figures['rows']:,} planned, {figures['rows_ok']:,} ok, "
-            f"{figures['rows_failed']:,} failed, {figures['rows_pending']:,} pending",
+    return "\n".join([f"job: {job.out}", *_status_lines(figures)])
+
+
+def _status_lines(figures: dict[str, Any]) -> list[str]:
+    pid = figures["manager_pid"]
+    shards = dict(figures["shards"])
+    finished = figures["planned"] and not figures["rows_to_run"]
+    if pid is not None:
+        manager = f"running (pid {pid or '?'})"
+    elif finished:
+        manager = "not running; every shard is done"
+    elif not figures["planned"]:
+        manager = f"not running; planning did not finish: {RESUME_HINT}"
+    else:
+        manager = f"not running; {RESUME_HINT}"
+    if figures["interrupted"]:
+        shards = {("interrupted" if state == RUNNING else state): n for state, n in shards.items()}
+    if pid is not None:
+        eta = "-" if figures["eta_s"] is None else format_duration(figures["eta_s"])
+        rate = (
             f"rate: {figures['rows_per_s']:,.0f} rows/s while running; "
-            f"{figures['rows_to_run']:,} rows to run, ETA {eta}",
-        ]
-    )
+            f"{figures['rows_to_run']:,} rows to run, ETA {eta}"
+        )
+    else:
+        ran = figures["rows_per_s"]
+        past = f"{ran:,.0f} rows/s while it ran" if ran else "- (no shard done yet)"
+        rate = f"rate: {past}; {figures['rows_to_run']:,} rows to run"
+    return [
+        f"manager: {manager}",
+        "shards: " + ", ".join(f"{n:,} {state}" for state, n in shards.items()),
+        f"rows: {figures['rows']:,} planned, {figures['rows_ok']:,} ok, "
+        f"{figures['rows_failed']:,} failed, {figures['rows_pending']:,} pending",
+        rate,
+    ]
 
 
 def _hosts(urls: pa.ChunkedArray) -> pa.Array:
@@ -80,19 +121,20 @@ def _hosts(urls: pa.ChunkedArray) -> pa.Array:
     return pc.fill_null(pc.struct_field(found, "host"), NO_HOST)
 
 
-def report(job: Job, ledger: Ledger) -> dict[str, Any]:
+def report(run: JobRun) -> dict[str, Any]:
+    job, ledger = run.job, run.ledger
     by_status: Counter[str] = Counter()
     host_status: dict[str, Counter[str]] = defaultdict(Counter)
     class_status: dict[str, Counter[str]] = defaultdict(Counter)
     host_ms: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for table in latest_outcomes(job, ledger, ["url", "class", "status", "elapsed_ms"]):
+    for table in latest_outcomes(run, ["url", "class", "status", "elapsed_ms"]):
         table = table.append_column("host", _hosts(table.column("url")))
         for item in table.group_by(["host", "status"]).aggregate([("row", "count")]).to_pylist():
             host_status[item["host"]][item["status"]] += item["row_count"]
             by_status[item["status"]] += item["row_count"]
         for item in table.group_by(["class", "status"]).aggregate([("row", "count")]).to_pylist():
             class_status[item["class"]][item["status"]] += item["row_count"]
-        fetched = table.filter(pc.equal(table.column("status"), errors.OK))
+        fetched = table.filter(pc.equal(table.column("status"), Status.OK))
         for item in (
             fetched.group_by("host")
             .aggregate([("elapsed_ms", "sum"), ("row", "count")])
@@ -102,23 +144,27 @@ def report(job: Job, ledger: Ledger) -> dict[str, Any]:
             host_ms[item["host"]][1] += item["row_count"]
     done = ledger.shards([DONE])
     rows = sum(by_status.values())
-    ok = sum(by_status[s] for s in errors.SUCCESSES)
+    ok = sum(by_status[s] for s in SUCCESSES)
     nbytes = sum(s.bytes or 0 for s in done)
     busy = busy_seconds(done)
-    images = {name: sum(c[s] for s in errors.SUCCESSES) for name, c in class_status.items()}
+    # Rates are of the work done while running: every round's rows, retried rows once per round.
+    rows_run = sum(s.rows for s in done)
+    images_run = sum(s.counts.get(Status.OK, 0) for s in done)
+    images = {name: sum(c[s] for s in SUCCESSES) for name, c in class_status.items()}
     ranked = sorted(images.items(), key=lambda item: (-item[1], item[0]))
     return {
         "job": str(job.out),
-        "status": status(ledger),
+        "status": status(ledger, job),
         "totals": {
             "rows": rows,
-            "ok": by_status[errors.OK],
-            "duplicate": by_status[errors.DUPLICATE],
+            "ok": by_status[Status.OK],
+            "duplicate": by_status[Status.DUPLICATE],
             "failed": rows - ok,
             "failure_rate": (rows - ok) / rows if rows else 0.0,
             "bytes": nbytes,
             "busy_s": busy,
-            "images_per_s": sum(s.rows for s in done) / busy if busy else 0.0,
+            "rows_per_s": rows_run / busy if busy else 0.0,
+            "images_per_s": images_run / busy if busy else 0.0,
             "mb_per_s": nbytes / busy / 1e6 if busy else 0.0,
         },
         "by_status": dict(by_status.most_common()),
@@ -142,7 +188,7 @@ def report(job: Job, ledger: Ledger) -> dict[str, Any]:
 def _failures_by_host(host_status: dict[str, Counter[str]]) -> list[dict[str, Any]]:
     failing = []
     for host, counts in host_status.items():
-        failures = {s: n for s, n in counts.items() if s not in errors.SUCCESSES}
+        failures = {s: n for s, n in counts.items() if s not in SUCCESSES}
         if failures:
             failing.append(
                 {
@@ -155,38 +201,110 @@ def _failures_by_host(host_status: dict[str, Counter[str]]) -> list[dict[str, An
     return sorted(failing, key=lambda item: (-item["failed"], item["host"]))[: TOP * 2]
 
 
+def bucket_width(start: float, end: float, most: int = THROUGHPUT_BUCKETS) -> tuple[float, int]:
+    """The narrowest "nice" width (1 s, 2 s, 5 s, ... 1 min, 2 min, ... 1 h, ... days) whose
+    buckets, aligned to the width in local time, cover ``start``..``end`` in at most ``most``;
+    returns (the first bucket's start, the width in seconds)."""
+    offset = time.localtime(start).tm_gmtoff
+    days = (DAY_S * n for n in (1, 2, 7))
+    weeks = (DAY_S * 7 * 2**k for k in count(1))  # without end: 2, 4, 8 weeks...
+    widths = chain(NICE_WIDTHS_S, days, weeks)
+    for width in widths:
+        first = math.floor((start + offset) / width) * width - offset
+        if math.ceil((end - first) / width) <= most:
+            return first, width
+    raise AssertionError("unreachable: the widths grow without bound")
+
+
+def _spread(
+    started: float, finish: float, first: float, width: float, buckets: int
+) -> Iterator[tuple[int, float]]:
+    """(bucket, share of a shard's work) over the buckets its run time overlaps."""
+    start = min(started, finish)  # the clock of the host that ran it may disagree with ours
+    last = min(buckets - 1, int((finish - first) // width))
+    if finish <= start:
+        yield last, 1.0
+        return
+    for index in range(max(0, int((start - first) // width)), last + 1):
+        low, high = first + index * width, first + (index + 1) * width
+        overlap = min(high, finish) - max(low, start)
+        if overlap > 0:
+            yield index, overlap / (finish - start)
+
+
+def _whole(shares: list[float]) -> list[int]:
+    """Fractional amounts as whole numbers with the same running total (so the same sum)."""
+    whole, total, before = [], 0.0, 0
+    for share in shares:
+        total += share
+        whole.append(round(total) - before)
+        before = round(total)
+    return whole
+
+
 def _throughput(done: list[ShardRecord]) -> list[dict[str, Any]]:
-    """Rows and bytes committed per interval, from the first shard start to the last commit."""
-    timed = [s for s in done if s.started_at is not None and s.finished_at is not None]
+    """Rows, images (rows ``ok``) and bytes per interval, from the first shard start to the last
+    commit, in at most THROUGHPUT_BUCKETS buckets of a nice width (``bucket_width``).
+
+    Each shard's work is spread evenly over its own run time (started_at..finished_at) rather
+    than put in the bucket where it was committed: shards commit in bursts, so counting them at
+    commit makes a table of spikes and zeros whose rates no process ever reached. Amounts are
+    whole numbers whose sums are the job's. Rates divide by the bucket's width, so the first and
+    last buckets, which the job only partly fills, read lower."""
+    timed = [
+        (s, s.started_at, s.finished_at)
+        for s in done
+        if s.started_at is not None and s.finished_at is not None
+    ]
     if not timed:
         return []
-    start = min(s.started_at for s in timed)
-    span = max(1.0, max(s.finished_at for s in timed) - start)
-    width = span / THROUGHPUT_BUCKETS
-    buckets = [{"rows": 0, "bytes": 0} for _ in range(THROUGHPUT_BUCKETS)]
-    for shard in timed:
-        index = min(THROUGHPUT_BUCKETS - 1, int((shard.finished_at - start) / width))
-        buckets[index]["rows"] += shard.rows
-        buckets[index]["bytes"] += shard.bytes or 0
+    start = min(min(started, finish) for _, started, finish in timed)
+    end = max(finish for _, _, finish in timed)
+    first, width = bucket_width(start, end)
+    buckets = max(1, math.ceil((end - first) / width))
+    shares = {name: [0.0] * buckets for name in ("rows", "images", "bytes")}
+    for shard, started, finish in timed:
+        amounts = {
+            "rows": shard.rows,
+            "images": shard.counts.get(Status.OK, 0),
+            "bytes": shard.bytes or 0,
+        }
+        for index, share in _spread(started, finish, first, width, buckets):
+            for name, amount in amounts.items():
+                shares[name][index] += amount * share
+    whole = {name: _whole(values) for name, values in shares.items()}
     return [
         {
-            "from": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start + i * width)),
+            "from": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first + i * width)),
             "seconds": width,
-            **bucket,
+            **{name: values[i] for name, values in whole.items()},
         }
-        for i, bucket in enumerate(buckets)
+        for i in range(buckets)
     ]
+
+
+def _format_width(seconds: float) -> str:
+    for unit, size in (("d", DAY_S), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:.0f} {unit}"
+    return f"{seconds:g} s"
 
 
 def format_report(figures: dict[str, Any]) -> str:
     totals = figures["totals"]
-    lines = [
-        f"job: {figures['job']}",
+    lines = [f"job: {figures['job']}"]
+    if not figures["status"]["shards"][DONE]:
+        # Nothing committed yet (planned, running or interrupted): the ledger is all there is.
+        lines += _status_lines(figures["status"])
+        lines += ["no shard is committed yet: nothing to report beyond the status above"]
+        return "\n".join(lines)
+    lines += [
         f"rows: {totals['rows']:,} with an outcome: {totals['ok']:,} ok, "
         f"{totals['duplicate']:,} duplicate, {totals['failed']:,} failed "
         f"({100 * totals['failure_rate']:.1f}%)",
         f"bytes: {totals['bytes'] / 1e6:,.1f} MB in {format_duration(totals['busy_s'])} of "
-        f"running: {totals['images_per_s']:,.0f} rows/s, {totals['mb_per_s']:,.1f} MB/s",
+        f"running: {totals['rows_per_s']:,.0f} rows/s, {totals['images_per_s']:,.0f} images/s, "
+        f"{totals['mb_per_s']:,.1f} MB/s",
         "",
         "by status:",
         *(f"  {status:<16} {n:>12,}" for status, n in figures["by_status"].items()),
@@ -210,9 +328,11 @@ def format_report(figures: dict[str, Any]) -> str:
             for h in figures["slowest_hosts"]
         ]
     if figures["throughput"]:
-        lines += ["", "throughput (rows and bytes committed per interval):"]
+        width = _format_width(figures["throughput"][0]["seconds"])
+        lines += ["", f"throughput per {width} (each shard's work spread over its run time):"]
         lines += [
-            f"  {b['from']}  {b['rows'] / b['seconds']:>10,.0f} rows/s  "
+            f"  {b['from'].replace('T', ' ')}  {b['rows'] / b['seconds']:>10,.0f} rows/s  "
+            f"{b['images'] / b['seconds']:>10,.0f} images/s  "
             f"{b['bytes'] / b['seconds'] / 1e6:>8,.1f} MB/s"
             for b in figures["throughput"]
         ]

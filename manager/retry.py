@@ -4,36 +4,37 @@ asked for by name."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ldawt.daemon.fetcher import errors
-from ldawt.daemon.fetcher.options import FetchOptions
-from ldawt.daemon.packer.manifest import manifest_column
+from ldawt.daemon.contract import FAILURES, HTTP_STATUSES, FetchOptions, Status, manifest_column
 
 from .engines import Engine
-from .inputs import InputError
-from .job import Job
-from .ledger import DONE, Ledger
-from .outcomes import latest_outcomes
+from .errors import InputError
+from .job import Job, JobRun, JobSettings
+from .ledger import DONE
+from .manifests import latest_outcomes
 from .plan import PlanOptions, ShardWriter
-from .submit import execute, take_over
+from .submit import execute, recover_interrupted
+
+log = logging.getLogger(__name__)
 
 # Failures that may well go away: the server or the network was unwell, or we gave up waiting.
 TRANSIENT = (
-    errors.TIMEOUT,
-    errors.CONNECT_ERROR,
-    errors.CONNECTION_RESET,
-    errors.DNS_ERROR,
-    errors.TRUNCATED,
-    errors.CANCELLED,
-    errors.INTERNAL_ERROR,
+    Status.TIMEOUT,
+    Status.CONNECT_ERROR,
+    Status.CONNECTION_RESET,
+    Status.DNS_ERROR,
+    Status.TRUNCATED,
+    Status.CANCELLED,
+    Status.INTERNAL_ERROR,
     "http_429",
     "http_500",
     "http_502",
@@ -52,26 +53,25 @@ def parse_statuses(text: str | None) -> frozenset[str]:
     chosen: set[str] = set()
     for name in (n.strip() for n in text.split(",") if n.strip()):
         if name == "all":
-            chosen.update(errors.FAILURES)
+            chosen.update(FAILURES)
         elif name in ("http_4xx", "http_5xx"):
-            chosen.update(s for s in errors.HTTP_STATUSES if s.startswith(f"http_{name[5]}"))
-        elif name in errors.FAILURES:
+            chosen.update(s for s in HTTP_STATUSES if s.startswith(f"http_{name[5]}"))
+        elif name in FAILURES:
             chosen.add(name)
         else:
             raise InputError(
-                f"unknown status {name!r}; the failures are: {', '.join(errors.FAILURES)}, all"
+                f"unknown status {name!r}; the failures are: {', '.join(FAILURES)}, all"
             )
     return frozenset(chosen)
 
 
-def _failed_rows(
-    job: Job, ledger: Ledger, statuses: frozenset[str], passthrough: list[str]
-) -> Iterator[pa.Table]:
-    in_flight = pa.array(sorted(_rows_in_unfinished_retries(job, ledger)), pa.int64())
+def _failed_rows(run: JobRun, statuses: frozenset[str]) -> Iterator[pa.Table]:
+    in_flight = pa.array(sorted(_rows_in_unfinished_retries(run)), pa.int64())
+    passthrough = list(run.settings.passthrough)
     stored = [manifest_column(c) for c in passthrough]
     columns = ["url", "class", "key", "label", "status", *stored]
     chosen = pa.array(sorted(statuses), pa.string())
-    for table in latest_outcomes(job, ledger, columns):
+    for table in latest_outcomes(run, columns):
         mask = pc.is_in(table.column("status"), value_set=chosen)
         if len(in_flight):
             mask = pc.and_(mask, pc.invert(pc.is_in(table.column("row"), value_set=in_flight)))
@@ -82,25 +82,24 @@ def _failed_rows(
             ).rename_columns(["row", "url", "class", "key", "label", *passthrough, PREVIOUS_STATUS])
 
 
-def _rows_in_unfinished_retries(job: Job, ledger: Ledger) -> set[int]:
+def _rows_in_unfinished_retries(run: JobRun) -> set[int]:
     rows: set[int] = set()
-    for shard in ledger.shards():
+    for shard in run.ledger.shards():
         if shard.round > 0 and shard.state != DONE:
-            path = job.out / shard.input_path
+            path = run.job.out / shard.input_path
             rows.update(pq.read_table(path, columns=["row"]).column("row").to_pylist())
     return rows
 
 
-def plan_retry(job: Job, ledger: Ledger, statuses: frozenset[str]) -> tuple[int, int]:
+def plan_retry(run: JobRun, statuses: frozenset[str]) -> tuple[int, int]:
     """Write and record the next round's shards; returns (rows, shards)."""
-    identity = ledger.meta("identity")
-    passthrough = identity["columns"]["passthrough"]
-    shaping = dict(identity["options"], groups=None)  # a retry round is sized by its own rows
+    job, ledger = run.job, run.ledger
+    shaping = dict(ledger.meta("identity")["options"], groups=None)  # sized by its own rows
     round_ = 1 + max((s.round for s in ledger.shards()), default=0)
     counts = ledger.status_counts()
     expected = sum(n for status, n in counts.items() if status in statuses)
     writer = ShardWriter(job.shard_dir, job.spill_dir, PlanOptions(**shaping), f"r{round_}-")
-    shards = writer.write(_failed_rows(job, ledger, statuses, passthrough), expected)
+    shards = writer.write(_failed_rows(run, statuses), expected)
     replaces = {}
     for shard in shards:
         previous = pq.read_table(shard.input_path, columns=[PREVIOUS_STATUS]).column(0)
@@ -121,33 +120,25 @@ def open_job(out: Path) -> Job:
     return job
 
 
-def stored_options(ledger: Ledger) -> PlanOptions:
-    """The job's shaping options with the fetch options of its latest run."""
-    identity, run = ledger.meta("identity"), ledger.meta("run")
-    if identity is None or run is None:
-        raise InputError(
-            f"the job in {ledger.path.parent.parent} was never fully planned; "
-            "rerun its submit command"
-        )
-    return PlanOptions(
-        **identity["options"],
-        deadline_s=run["deadline_s"],
-        fetch=FetchOptions.from_dict(run["fetch"]),
-    )
-
-
 def retry_failed(
-    out: Path, statuses: frozenset[str], engine: Engine, shard_retries: int, stream: TextIO
+    out: Path,
+    statuses: frozenset[str],
+    engine: Engine,
+    shard_retries: int,
+    adjust_fetch: Callable[[FetchOptions], FetchOptions],
 ) -> int:
+    """Plan a round of the rows whose latest outcome is one of ``statuses`` and run it, with
+    the fetch options of the job's latest run as ``adjust_fetch`` changes them."""
     job = open_job(out)
     with job.lock(), job.open_ledger() as ledger:
-        options = stored_options(ledger)
-        take_over(job, ledger, options.compress, stream)
-        rows, shards = plan_retry(job, ledger, statuses)
-        print(
-            f"ldawt: retrying {rows:,} row(s) with status {', '.join(sorted(statuses))} "
-            f"in {shards} new shard(s)",
-            file=stream,
+        settings = JobSettings.load(ledger)
+        options = settings.options
+        fetch = adjust_fetch(options.fetch)
+        run = JobRun(job, ledger, replace(settings, options=replace(options, fetch=fetch)))
+        recover_interrupted(run)
+        rows, shards = plan_retry(run, statuses)
+        log.info(
+            f"retrying {rows:,} row(s) with status {', '.join(sorted(statuses))} "
+            f"in {shards} new shard(s)"
         )
-        passthrough = ledger.meta("identity")["columns"]["passthrough"]
-        return execute(job, ledger, engine, options, passthrough, shard_retries, stream)
+        return execute(run, engine, shard_retries)

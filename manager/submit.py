@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
 import shutil
-import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from ldawt.daemon.fetcher import errors
+from ldawt.daemon.contract import SUCCESSES, FetchOptions, Status
 
+from .console import ProgressDisplay, format_duration
 from .engines import Engine
+from .errors import EXIT_JOB_FAILED, EXIT_OK, InputError
 from .inputs import (
+    ClassLabels,
     ColumnMap,
-    InputError,
-    Labeler,
     check_files,
     estimate_rows,
     list_input_files,
@@ -25,12 +28,13 @@ from .inputs import (
     resolve_columns,
     shard_tables,
 )
-from .job import Job, JobIdentity
+from .job import Job, JobIdentity, JobRun, JobSettings
 from .ledger import DONE, Ledger
-from .outputs import reconcile, stop_orphans
 from .plan import PlanOptions, ShardWriter
-from .progress import Progress, format_duration
+from .reconcile import reconcile, stop_orphans
 from .runner import run_pending
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,8 @@ def prepare_output(out: Path) -> None:
         raise InputError(f"output folder {out} is not writable")
 
 
-def run_job(request: JobRequest, engine: Engine, stream: TextIO | None = None) -> int:
+def run_job(request: JobRequest, engine: Engine) -> int:
     """Plan (unless already planned) and run a job; returns the exit status (0: all done)."""
-    stream = stream or sys.stderr
     files = list_input_files(request.input)
     columns = resolve_columns(
         read_schema(files[0]),
@@ -73,51 +76,33 @@ def run_job(request: JobRequest, engine: Engine, stream: TextIO | None = None) -
     identity = JobIdentity.of(files, columns, request.plan)
     job = Job(request.out)
     with job.lock():
-        ledger = _resume_or_replace(job, job.open_ledger(), identity, request.force_new, stream)
-        try:
+        ledger = _resume_or_replace(job, job.open_ledger(), identity, request.force_new)
+        with ledger:
+            run = JobRun(job, ledger, JobSettings(request.plan, columns.passthrough))
             if ledger.meta("identity") is None:
-                plan(job, ledger, files, columns, identity, request.plan, stream)
-            take_over(job, ledger, request.plan.compress, stream)
-            return execute(
-                job,
-                ledger,
-                engine,
-                request.plan,
-                list(columns.passthrough),
-                request.shard_retries,
-                stream,
-            )
-        finally:
-            ledger.close()
+                plan(run, files, columns, identity)
+            recover_interrupted(run)
+            return execute(run, engine, request.shard_retries)
 
 
-def take_over(job: Job, ledger: Ledger, compress: bool, stream: TextIO) -> None:
+def recover_interrupted(run: JobRun) -> None:
     """Before running: stop what a killed manager left running, then make the ledger and the
     output folder agree."""
-    orphans = stop_orphans(job)
+    orphans = stop_orphans(run.job)
     if orphans:
-        print(
-            f"ldawt: stopped {len(orphans)} worker process(es) a killed manager of this job "
-            "left running",
-            file=stream,
+        log.warning(
+            "stopped %d worker process(es) a killed manager of this job left running", len(orphans)
         )
-    reconcile(job, ledger, compress)
+    reconcile(run)
 
 
-def run_meta(options: PlanOptions) -> dict[str, Any]:
-    """The options a job may change from run to run; retry-failed reuses the latest."""
-    return {"run": {"fetch": options.fetch.to_dict(), "deadline_s": options.deadline_s}}
-
-
-def _resume_or_replace(
-    job: Job, ledger: Ledger, identity: JobIdentity, force_new: bool, stream: TextIO
-) -> Ledger:
+def _resume_or_replace(job: Job, ledger: Ledger, identity: JobIdentity, force_new: bool) -> Ledger:
     recorded = ledger.meta("identity")
     if recorded is None:
         return ledger
     differences = identity.differences(recorded)
     if not differences:
-        print(f"ldawt: resuming the job in {job.out}", file=stream)
+        log.info("resuming the job in %s", job.out)
         return ledger
     if not force_new:
         ledger.close()
@@ -127,116 +112,137 @@ def _resume_or_replace(
             + "\nrerun with the original inputs and options to resume it, or pass --force-new "
             "to discard it (its shard files too) and start over"
         )
-    print(f"ldawt: --force-new: discarding the job in {job.out}", file=stream)
-    job.discard(ledger, recorded["options"]["compress"])
+    log.info("--force-new: discarding the job in %s", job.out)
+    JobRun(job, ledger, JobSettings.load(ledger)).discard()
     return job.open_ledger()
 
 
-def plan(
-    job: Job,
-    ledger: Ledger,
-    files: list[Path],
-    columns: ColumnMap,
-    identity: JobIdentity,
-    options: PlanOptions,
-    stream: TextIO,
-) -> None:
+def plan(run: JobRun, files: list[Path], columns: ColumnMap, identity: JobIdentity) -> None:
     """Write the shard inputs and record them, with the job's identity, in one transaction."""
-    print(
-        f"ldawt: planning {len(files)} input file(s); url={columns.url} "
-        f"class={columns.class_ or '-'} key={columns.key or '(from URL)'}",
-        file=stream,
+    log.info(
+        f"planning {len(files)} input file(s); url={columns.url} "
+        f"class={columns.class_ or '-'} key={columns.key or '(from URL)'}"
     )
+    job, options = run.job, run.settings.options
     started = time.monotonic()
     shutil.rmtree(job.shard_dir, ignore_errors=True)  # left by a planning that was killed
-    labeler = Labeler()
+    class_labels = ClassLabels()
     writer = ShardWriter(job.shard_dir, job.spill_dir, options)
-    shards = writer.write(shard_tables(files, columns, labeler), estimate_rows(files))
+    shards = writer.write(shard_tables(files, columns, class_labels), estimate_rows(files))
     stats = writer.stats.to_dict()
     if not stats["rows"]:
         raise InputError(f"the input ({', '.join(map(str, files))}) holds no rows")
     (job.folder / "classes.json").write_text(
-        json.dumps(list(labeler.index), ensure_ascii=False, indent=0) + "\n"
+        json.dumps(list(class_labels.index), ensure_ascii=False, indent=0) + "\n"
     )
     stats["shards"] = len(shards)
     job.write_description(identity, {"plan": stats})
-    ledger.add_shards(
+    run.ledger.add_shards(
         ((s.shard_id, str(s.input_path.relative_to(job.out)), s.rows) for s in shards),
         0,
-        {"identity": identity.to_dict(), "plan": stats, **run_meta(options)},
+        {"identity": identity.to_dict(), "plan": stats, **run.settings.run_meta()},
     )
-    print(
-        f"ldawt: planned {stats['rows']:,} rows into {len(shards)} shard(s) in "
+    log.info(
+        f"planned {stats['rows']:,} rows into {len(shards)} shard(s) in "
         f"{time.monotonic() - started:.1f}s: {stats['bad_url']:,} bad URLs, "
         f"{stats['duplicates']:,} duplicate URLs, {stats['classes']:,} classes "
-        f"({stats['unknown_class']:,} rows in class {'unknown'!r})",
-        file=stream,
+        f"({stats['unknown_class']:,} rows in class 'unknown')"
     )
 
 
-def execute(
-    job: Job,
-    ledger: Ledger,
-    engine: Engine,
-    options: PlanOptions,
-    passthrough: list[str],
-    shard_retries: int,
-    stream: TextIO,
-) -> int:
-    """Run what is unfinished (after ``take_over``) and summarise."""
-    ledger.set_meta(run_meta(options))
+def execute(run: JobRun, engine: Engine, shard_retries: int) -> int:
+    """Run what is unfinished (after ``recover_interrupted``) and summarise; returns the exit
+    status."""
+    ledger = run.ledger
+    ledger.set_meta(run.settings.run_meta())
     shards = ledger.shards()
     done = [s for s in shards if s.state == DONE]
-    print(
-        f"ldawt: {len(shards)} shard(s), {len(done)} already done; {engine.describe()}",
-        file=stream,
-    )
-    progress = Progress(
-        sum(s.rows for s in shards),
-        len(shards),
-        stream,
-        sum(s.rows for s in done),
-        len(done),
-    )
+    log.info(f"{len(shards)} shard(s), {len(done)} already done; {engine.describe()}")
+    # Rows of unfinished retry shards run again: their earlier outcomes no longer count.
+    counts = ledger.status_counts()
+    for shard in shards:
+        if shard.state != DONE:
+            counts.subtract(shard.replaces)
+    total_rows = (ledger.meta("plan") or {}).get("rows", 0)
+    progress = ProgressDisplay(total_rows, len(shards), +counts, len(done))
     started = time.monotonic()
-    finished = run_pending(
-        job,
-        ledger,
-        engine,
-        options,
-        passthrough,
-        progress,
-        shard_retries,
-        lambda message: print(f"\nldawt: {message}", file=stream),
-    )
-    progress.close()
-    print(format_summary(ledger, time.monotonic() - started), file=stream)
+    with progress:
+        finished = run_pending(run, engine, progress, shard_retries)
+    for line in format_summary(ledger, time.monotonic() - started):
+        log.info(line)
+    for hint in failure_hints(ledger.status_counts(), run.settings.options.fetch, run.job.out):
+        log.warning(hint)
     if not finished:
-        print("ldawt: some shards failed; rerun the same command to retry them", file=stream)
-    return 0 if finished else 1
+        log.warning("some shards failed; rerun the same command to retry them")
+        return EXIT_JOB_FAILED
+    return EXIT_OK
 
 
-def format_summary(ledger: Ledger, elapsed_s: float) -> str:
+def format_summary(ledger: Ledger, elapsed_s: float) -> list[str]:
     states = ledger.state_counts()
     counts = ledger.status_counts()
-    ok = sum(counts[s] for s in errors.SUCCESSES)
-    failed = sum(counts.values()) - ok
+    images, duplicates = counts[Status.OK], counts[Status.DUPLICATE]
+    failed = sum(counts.values()) - images - duplicates
     nbytes = sum(s.bytes or 0 for s in ledger.shards([DONE]))
+    # duplicate rows point at another row's image: rows, not images
+    also = f" (+{duplicates:,} duplicate rows)" if duplicates else ""
     lines = [
-        f"ldawt: {states[DONE]}/{sum(states.values())} shards done, {ok:,} images ok, "
+        f"{states[DONE]}/{sum(states.values())} shards done, {images:,} images ok{also}, "
         f"{failed:,} failed, {nbytes / 1e6:,.1f} MB; this run took {format_duration(elapsed_s)}"
     ]
     failures = _failures(counts)
     if failures:
-        lines.append(
-            "ldawt: failures by status: " + ", ".join(f"{s}={n:,}" for s, n in failures.items())
-        )
-    return "\n".join(lines)
+        lines.append("failures by status: " + ", ".join(f"{s}={n:,}" for s, n in failures.items()))
+    return lines
+
+
+# A share of the job's rows failing with one status for a reason an option changes: worth
+# saying at the end which option, since a plain rerun resumes and fetches nothing again.
+HINT_SHARE = 0.1
+
+
+def failure_hints(counts: Counter[str], fetch: FetchOptions, out: Path) -> list[str]:
+    """What to do about the statuses that failed a large share of the job's rows."""
+    rows = sum(counts.values())
+    options = {
+        Status.BLOCKED_ADDRESS: (
+            "their hosts resolve to loopback or private addresses",
+            "--allow-private",
+            not fetch.allow_private,
+        ),
+        Status.TLS_ERROR: (
+            "their servers' certificates were not trusted",
+            "--ca-file FILE (or --insecure)",
+            fetch.tls_verify and fetch.ca_file is None,
+        ),
+        Status.TOO_LARGE: (
+            f"their bodies passed --max-bytes {fetch.max_bytes}",
+            "--max-bytes N",
+            True,
+        ),
+        Status.TIMEOUT: (
+            f"they took longer than --timeout {fetch.total_timeout:g}",
+            "--timeout S (and --read-timeout S)",
+            True,
+        ),
+        "http_429": ("their servers asked to slow down", "--per-host N or --host-rps R", True),
+    }
+    hints = []
+    for status, (why, flag, applies) in options.items():
+        n = counts.get(status, 0)
+        if applies and rows and n >= HINT_SHARE * rows:
+            hints.append(
+                f"{n:,} of {rows:,} rows failed with {status}: {why}. To fetch them again with "
+                f"another setting: ldawt-manager retry-failed {shlex.quote(str(out))} "
+                f"--status {status} {flag} (rerunning submit resumes the job and fetches "
+                "nothing again)"
+            )
+    return hints
 
 
 def _failures(counts: dict[str, int]) -> dict[str, Any]:
     return {
         status: n
         for status, n in sorted(counts.items(), key=lambda item: -item[1])
-        if status not in errors.SUCCESSES
+        if status not in SUCCESSES
     }

@@ -11,7 +11,7 @@ import email.utils
 import socket
 import struct
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 from aiohttp import web
 
@@ -24,6 +24,10 @@ STALL_SECONDS = 30  # bounded: the server gives up on a stalled client eventuall
 class FaultOrigin:
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
+        self.arrivals: defaultdict[str, list[float]] = defaultdict(list)
+        """Wall-clock time (``time.time()``) of every request, by path."""
+        self.retry_after_dates: dict[str, float] = {}
+        """The instant named by each Retry-After HTTP date sent, by path (whole seconds)."""
         self.in_flight = 0
         self.max_in_flight = 0
         self.app = web.Application()
@@ -35,6 +39,7 @@ class FaultOrigin:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] += 1
+        self.arrivals[request.path].append(time.time())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -61,13 +66,20 @@ class FaultOrigin:
             raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
         if kind == "status":  # /status/<code>
             return web.Response(status=int(rest[0]), text="nope")
-        if kind == "retry-after":  # /retry-after/<seconds|date>/<name>: 429 once, then the image
+        if kind == "retry-after":
+            # /retry-after/<seconds|date>/<name>[?code=503&delay=2]: ``code`` (429) once, with
+            # Retry-After ``delay`` (1) seconds from now, as a number or as an HTTP date; then
+            # the image. An HTTP date has whole seconds: it names a time up to 1 s earlier.
             if hits == 1:
+                delay = float(request.query.get("delay", "1"))
                 if rest[0] == "date":
-                    value = email.utils.formatdate(time.time() + 1, usegmt=True)
+                    value = email.utils.formatdate(time.time() + delay, usegmt=True)
+                    when = email.utils.parsedate_to_datetime(value).timestamp()
+                    self.retry_after_dates[request.path] = when
                 else:
-                    value = "1"
-                return web.Response(status=429, headers={"Retry-After": value})
+                    value = str(int(delay))
+                code = int(request.query.get("code", "429"))
+                return web.Response(status=code, headers={"Retry-After": value})
             return web.Response(body=self.body(rest[1]), content_type="image/jpeg")
         if kind == "flaky":  # /flaky/<code>/<failures>/<name>
             if hits <= int(rest[1]):

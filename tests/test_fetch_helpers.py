@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from ldawt.daemon.fetcher.errors import ALL_STATUSES, http_status_code
+from ldawt.daemon.contract import ALL_STATUSES, status_for_http
 from ldawt.daemon.fetcher.guard import address_refusal
 from ldawt.daemon.fetcher.retry import backoff_delay, parse_retry_after
 from ldawt.daemon.fetcher.sniff import image_extension
@@ -73,4 +73,4 @@ def test_address_guard(address: str, allow_private: bool, refused: bool) -> None
 
 def test_http_codes_stay_in_the_closed_taxonomy() -> None:
     for status in range(300, 600):
-        assert http_status_code(status) in ALL_STATUSES
+        assert status_for_http(status) in ALL_STATUSES

@@ -96,6 +96,7 @@ def test_duplicates_are_fetched_once_and_point_at_the_member(tmp_path: Path, cap
         status, err = _submit(capsys, source, tmp_path / "out", "--shard-size", "2")
         hits = dict(origin.hits)
     assert status == 0, err
+    assert "3 images ok (+6 duplicate rows), 2 failed" in err
     assert all(n == 1 for n in hits.values()) and len(hits) == 4
     rows = _manifest(tmp_path / "out")
     by_row = {r["row"]: r for r in rows}
@@ -120,6 +121,7 @@ def test_changed_inputs_or_options_are_refused_unless_force_new(tmp_path: Path, 
         status, err = _submit(capsys, source, out, "--shard-size", "2")
         assert status == 2
         assert "option shard_size: 3 -> 2" in err and "--force-new" in err
+        assert "ldawt: error: " in err and "ldawt:   - option shard_size: 3 -> 2" in err
         url_table(source, [origin.url("img", i) for i in range(8)])
         status, err = _submit(capsys, source, out, "--shard-size", "3")
         assert status == 2 and f"input {source} changed" in err

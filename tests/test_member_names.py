@@ -8,6 +8,7 @@ import tarfile
 import unicodedata
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,3 +114,16 @@ def test_writer_failure_leaves_no_partial(tmp_path: Path) -> None:
     else:
         raise AssertionError("commit must report the writer's failure")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_member_is_handed_back_after_a_write_failure(tmp_path: Path) -> None:
+    """The bytes of members dropped after a failure go back to the fetcher's budget too: in a
+    long-lived library process they would otherwise shrink it for good."""
+    handed_back: list[tuple[str, str | None]] = []
+    writer = TarWriter(tmp_path / "s.tar", compress=False)
+    for name, data in (("a.jpg", b"a"), ("bad.jpg", io.BytesIO(b"x")), ("c.jpg", b"c")):
+        writer.add(name, data, lambda sha, name=name: handed_back.append((name, sha)))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        writer.commit()
+    assert [name for name, _ in handed_back] == ["a.jpg", "bad.jpg", "c.jpg"]
+    assert handed_back[0][1] is not None and handed_back[1][1] is None and handed_back[2][1] is None

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from ldawt.daemon import metrics as daemon_metrics
-from ldawt.daemon.fetcher import errors
+from ldawt.daemon.contract import Status, status_for_http
 from ldawt.manager import metrics as manager_metrics
 from ldawt.manager.demo import serve_in_background
 from ldawt.manager.images import make_jpeg
@@ -80,7 +80,7 @@ def origin() -> Iterator[int]:
 
 async def _traffic(port: int, rows: int) -> Counter[str]:
     """Download ``rows`` URLs, recording each attempt as the daemon's fetcher does."""
-    labeler = daemon_metrics.HostLabeler()
+    host_labels = daemon_metrics.BoundedHostLabels()
     statuses: Counter[str] = Counter()
     async with aiohttp.ClientSession() as session:
 
@@ -93,11 +93,11 @@ async def _traffic(port: int, rows: int) -> Counter[str]:
                     daemon_metrics.TIME_TO_FIRST_BYTE.observe(time.monotonic() - started)
                     body = await response.read()
                     daemon_metrics.DOWNLOAD_BYTES.inc(len(body))
-                    daemon_metrics.observe_response(labeler(LOOPBACK), response.status)
+                    daemon_metrics.observe_response(host_labels(LOOPBACK), response.status)
                     ok = response.status == 200 and body.startswith(b"\xff\xd8")
-                    status = errors.OK if ok else errors.http_status_code(response.status)
+                    status = Status.OK if ok else status_for_http(response.status)
                     if response.status == 200 and not ok:
-                        status = errors.NOT_IMAGE
+                        status = Status.NOT_IMAGE
             finally:
                 daemon_metrics.IN_FLIGHT.dec()
                 daemon_metrics.REQUEST_DURATION.observe(time.monotonic() - started)
@@ -266,7 +266,7 @@ def test_prometheus_during_a_real_job_matches_the_manifests(tmp_path: Path, orig
             assert read_line(job, 240) == {"exit_status": 0}
             expected = manifest_histogram(out)
             assert sum(expected.values()) == rows
-            assert expected[errors.OK] >= (rows - duplicates) * 8 // 12
+            assert expected[Status.OK] >= (rows - duplicates) * 8 // 12
             assert expected["http_429"] >= (rows - duplicates) // 12
 
             finished = time.time()
@@ -285,9 +285,9 @@ def test_prometheus_during_a_real_job_matches_the_manifests(tmp_path: Path, orig
             assert nonzero == dict(expected), "daemon counters differ from the manifests"
             assert {s: n for s, n in fleet.items() if n} == dict(expected)
             # The images counter equals the manifests' success count, failures by status too.
-            assert daemon[errors.OK] == expected[errors.OK]
-            failures = {s: n for s, n in nonzero.items() if s != errors.OK}
-            assert failures == {s: n for s, n in expected.items() if s != errors.OK}
+            assert daemon[Status.OK] == expected[Status.OK]
+            failures = {s: n for s, n in nonzero.items() if s != Status.OK}
+            assert failures == {s: n for s, n in expected.items() if s != Status.OK}
 
             shards = rows // shard_size
             done = server.vector('ldawt_shards_finished_total{job="ldawt-worker"}', "outcome")
@@ -295,13 +295,13 @@ def test_prometheus_during_a_real_job_matches_the_manifests(tmp_path: Path, orig
             states = server.vector("ldawt_manager_shards", "state")
             assert states == {"pending": 0, "running": 0, "done": shards, "failed": 0}
             committed = server.vector("ldawt_manager_rows_total", "outcome")
-            assert committed["ok"] == expected[errors.OK]
-            assert committed["duplicate"] == expected[errors.DUPLICATE]
-            assert committed["failed"] == rows - expected[errors.OK] - expected[errors.DUPLICATE]
+            assert committed["ok"] == expected[Status.OK]
+            assert committed["duplicate"] == expected[Status.DUPLICATE]
+            assert committed["failed"] == rows - expected[Status.OK] - expected[Status.DUPLICATE]
             # Scraped while the job ran: a value between the first and the last one.
             history = server.query('ldawt_images_total{job="ldawt-worker",status="ok"}[10m]')
             values = [float(v) for _, v in history[0]["values"]]
-            assert any(0 < v < expected[errors.OK] for v in values), values
+            assert any(0 < v < expected[Status.OK] for v in values), values
             retries = server.vector('sum(ldawt_retries_total{job="ldawt-worker"})')
             assert retries[""] >= (rows - duplicates) // 12  # 429 and 500 are retried once
     finally:

@@ -114,7 +114,7 @@ def exported_names() -> set[str]:
         daemon_metrics.SHARD_DURATION,
     ):
         histogram.observe(0.3)
-    labels = daemon_metrics.HostLabeler()("origin.test")
+    labels = daemon_metrics.BoundedHostLabels()("origin.test")
     daemon_metrics.observe_response(labels, 429)
     daemon_metrics.HOST_WAIT.labels(labels).inc(0.1)
     daemon_metrics.RETRIES.labels("timeout").inc()

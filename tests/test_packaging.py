@@ -1,8 +1,10 @@
 """The wheel carries every package of the source tree (the package list is explicit, because
-the folders daemon/ and manager/ are mapped under the ldawt namespace)."""
+the folders daemon/, manager/ and systemd/ are mapped under the ldawt namespace), and the unit
+files of systemd/ as package data that ``install-service`` finds."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-FOLDERS = {"daemon": "ldawt.daemon", "manager": "ldawt.manager"}
+FOLDERS = {"daemon": "ldawt.daemon", "manager": "ldawt.manager", "systemd": "ldawt.systemd"}
 UNSHIPPED = (".git", ".venv", "build", "*.egg-info", "bench", "__pycache__", "demo-out")
 
 
@@ -44,3 +46,27 @@ def test_the_wheel_holds_every_module(tmp_path: Path) -> None:
         for module in (REPO / folder).rglob("*.py"):
             inside = Path(*name.split("."), module.relative_to(REPO / folder)).as_posix()
             assert inside in names, inside
+    units = [p.name for p in (REPO / "systemd").iterdir() if p.is_file() and p.suffix != ".py"]
+    assert "ldawt-worker.service" in units and "worker.env.example" in units
+    for unit in units:
+        assert f"ldawt/systemd/{unit}" in names, unit
+
+    # Installed from the wheel, the installer reads the unit files shipped in it.
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-t", str(site), str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    show = (
+        "from ldawt.daemon.worker import service; "
+        "print(service.__file__); print(service.shipped_unit('ldawt-worker.service'), end='')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    r = subprocess.run(
+        [sys.executable, "-c", show], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    where, unit_text = r.stdout.split("\n", 1)
+    assert Path(where).is_relative_to(site)
+    assert unit_text == (REPO / "systemd" / "ldawt-worker.service").read_text()

@@ -11,9 +11,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from fault_origin import PNG_HEADER, FaultOrigin
+from shard_input import write_shard_input
 
 from ldawt.daemon import metrics
-from ldawt.daemon.shard import run_shard, write_shard_input
+from ldawt.daemon.shard import run_shard
 from ldawt.manager.demo import serve_in_background
 
 FAST_FETCH = {
@@ -106,11 +107,14 @@ def test_every_fault_maps_to_its_status(tmp_path: Path, origin: tuple[FaultOrigi
     assert by_url[f"{base}/flaky/503/9/never"]["attempts"] == 3
     assert by_url[f"{base}/reset"]["attempts"] == 3
     assert by_url[f"{base}/html"]["attempts"] == 1
-    # Retry-After was honoured (about one second), not replaced by the short backoff
+    # Retry-After was honoured (about one second), not replaced by the short backoff; the
+    # HTTP-date form's wait is checked against the date in test_retry_after_http_date_is_waited_for
     for name in ("seconds/ra1", "date/ra2"):
         row = by_url[f"{base}/retry-after/{name}"]
         assert row["attempts"] == 2
         assert row["elapsed_ms"] >= 900 if name.startswith("seconds") else row["elapsed_ms"] > 0
+    first, second = fault_origin.arrivals["/retry-after/seconds/ra1"]
+    assert second - first >= 0.95
     assert fault_origin.hits["/status/404"] == 1
     assert [fault_origin.hits[f"/redirect/{n}/chained"] for n in (3, 2, 1)] == [1, 1, 1]
     # the extension comes from the bytes, not from the URL
@@ -141,6 +145,52 @@ def test_every_fault_maps_to_its_status(tmp_path: Path, origin: tuple[FaultOrigi
         assert row["sha256"] == hashlib.sha256(data).hexdigest()
         assert row["bytes"] == len(data)
     assert not list((tmp_path / "out").glob("*.partial"))
+
+
+# asyncio may wake a sleeper up to a clock tick early; the origin's clock is the fetcher's
+CLOCK_SLACK_S = 0.05
+
+
+def test_retry_after_http_date_is_waited_for(
+    tmp_path: Path, origin: tuple[FaultOrigin, str]
+) -> None:
+    """429 and 503 with ``Retry-After: <HTTP date about 2 s ahead>``: the retry arrives no
+    earlier than that date. The normal backoff (at most 0.05 s here) would retry within the
+    second, and the date is more than a second after the first request (whole seconds)."""
+    fault_origin, base = origin
+    codes = (429, 503)
+    paths = [f"/retry-after/date/when{code}" for code in codes]
+    urls = [f"{base}/retry-after/date/when{code}?code={code}&delay=2" for code in codes]
+    _, manifest = run_rows(tmp_path, urls, fetch={"retry_after_max": 10.0})
+
+    assert [(row["status"], row["http_status"], row["attempts"]) for row in manifest] == [
+        ("ok", 200, 2),
+        ("ok", 200, 2),
+    ]
+    for path, row in zip(paths, manifest, strict=True):
+        first, second = fault_origin.arrivals[path]
+        date = fault_origin.retry_after_dates[path]
+        assert date > first + 1.0  # the origin named a time worth waiting for
+        assert second >= date - CLOCK_SLACK_S, f"retried {date - second:.3f} s before the date"
+        # ... and only that long: not the 10 s cap, not a second date-sized wait
+        assert second < date + 1.5
+        assert row["elapsed_ms"] >= (date - first - CLOCK_SLACK_S) * 1000
+
+
+def test_retry_after_date_beyond_the_cap_waits_the_cap(
+    tmp_path: Path, origin: tuple[FaultOrigin, str]
+) -> None:
+    """A date an hour ahead is waited for ``retry_after_max`` (1 s), not an hour; the shard's
+    deadline bounds the test if the cap were ignored."""
+    fault_origin, base = origin
+    path = "/retry-after/date/far"
+    _, manifest = run_rows(
+        tmp_path, [f"{base}{path}?delay=3600"], deadline_s=6.0, fetch={"retry_after_max": 1.0}
+    )
+    assert (manifest[0]["status"], manifest[0]["attempts"]) == ("ok", 2)
+    first, second = fault_origin.arrivals[path]
+    assert fault_origin.retry_after_dates[path] > first + 3000
+    assert 1.0 - CLOCK_SLACK_S <= second - first < 3.0
 
 
 def test_loopback_refused_unless_allowed(tmp_path: Path, origin: tuple[FaultOrigin, str]) -> None:

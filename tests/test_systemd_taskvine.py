@@ -21,10 +21,12 @@ from pathlib import Path
 import psutil
 import pytest
 from manager_support import Origin, running_origin
+from shard_input import write_shard_input
+from systemd_support import read_env_file
 from vine_helpers import LOCALHOST, log_tail, start_process, stop_process, vine_manager, wait_for
 
-from ldawt.daemon import library, service
-from ldawt.daemon.shard import write_shard_input
+from ldawt.daemon import library
+from ldawt.daemon.worker.config import PASSWORD_CREDENTIAL
 from ldawt.manager.engines.vine_setup import (
     LIBRARY_NAME,
     SHARD_FUNCTION,
@@ -77,19 +79,19 @@ def test_unit_execstart_with_example_env_serves_a_shard_and_stops_on_sigterm(
     state.mkdir(mode=0o700)
     creds = tmp_path / "credentials"
     creds.mkdir()
-    (creds / service.PASSWORD_CREDENTIAL).write_text("unit test password\n")
+    (creds / PASSWORD_CREDENTIAL).write_text("unit test password\n")
     env = {
         "PATH": SYSTEMD_PATH,
         "LANG": "C.UTF-8",
         "HOME": "/",
         "STATE_DIRECTORY": str(state),
         "CREDENTIALS_DIRECTORY": str(creds),
-        **service.read_env_file(ENV_EXAMPLE.read_text()),
+        **read_env_file(ENV_EXAMPLE.read_text()),
     }
 
     with (
         running_origin() as origin,
-        vine_manager(tmp_path, password_file=creds / service.PASSWORD_CREDENTIAL) as m,
+        vine_manager(tmp_path, password_file=creds / PASSWORD_CREDENTIAL) as m,
     ):
         # The one deviation from the example: the manager's real (free) port.
         env["LDAWT_MANAGER"] = f"{LOCALHOST}:{m.port}"

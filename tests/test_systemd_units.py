@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from systemd_support import read_env_file
 
-from ldawt.daemon import service
+from ldawt.daemon.worker import service
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -41,20 +42,12 @@ def verify(unit: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_repository_units_are_the_generated_ones() -> None:
-    for name, text in service.repo_units().items():
-        assert (SYSTEMD / name).read_text() == text, (
-            f"systemd/{name} is stale: python -m ldawt.daemon.service systemd"
-        )
-
-
 @needs_systemd_analyze
-@pytest.mark.parametrize("name", sorted(service.repo_units()))
+@pytest.mark.parametrize("name", sorted(p.name for p in SYSTEMD.glob("*.service")))
 def test_systemd_analyze_verify_is_clean(tmp_path: Path, name: str) -> None:
     # verify insists the ExecStart binary exists: point the unit at the installed scripts.
-    text = (SYSTEMD / name).read_text()
-    text = text.replace(service.DEFAULT_EXEC, str(WORKER_SCRIPT))
-    text = text.replace(service.DEFAULT_EXEC.replace("worker", "manager"), str(MANAGER_SCRIPT))
+    script = MANAGER_SCRIPT if name.startswith("ldawt-manager") else WORKER_SCRIPT
+    text = service.with_exec_start((SYSTEMD / name).read_text(), str(script))
     unit = tmp_path / name
     unit.write_text(text)
     r = verify(unit)
@@ -73,7 +66,9 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("template", [False, True])
 def test_worker_unit_runs_as_a_hardened_restarting_service(template: bool) -> None:
-    s = unit_settings(service.worker_unit(template=template))
+    s = unit_settings(
+        service.shipped_unit(service.WORKER_TEMPLATE if template else service.WORKER_UNIT)
+    )
     assert s["Restart"] == ["always"] and s["KillSignal"] == ["SIGTERM"]
     assert int(s["TimeoutStopSec"][0]) > 60, "longer than ldawt-worker's own --stop-timeout"
     assert s["DynamicUser"] == ["yes"] and s["ProtectSystem"] == ["strict"]
@@ -92,8 +87,8 @@ def test_worker_unit_runs_as_a_hardened_restarting_service(template: bool) -> No
 def test_env_files_round_trip() -> None:
     values = {"LDAWT_MANAGER": "10.0.0.1:9123", "LDAWT_WORKER_EXTRA_ARGS": '--feature "a b" \\x'}
     text = "".join(f"{k}={service.env_quote(v)}\n" for k, v in values.items())
-    assert service.read_env_file("# c\n\n" + text) == values
-    example = service.read_env_file((SYSTEMD / "worker.env.example").read_text())
+    assert read_env_file("# c\n\n" + text) == values
+    example = read_env_file((SYSTEMD / "worker.env.example").read_text())
     assert example["LDAWT_MANAGER"] == "127.0.0.1:9123"
     assert all(k.startswith("LDAWT_") for k in example)
 
@@ -102,6 +97,30 @@ def install(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(WORKER_SCRIPT), "install-service", *args], capture_output=True, text=True, timeout=120
     )
+
+
+@pytest.mark.parametrize("instance", [None, "job1"])
+def test_installed_unit_is_the_repository_file_but_for_execstart(
+    tmp_path: Path, instance: str | None
+) -> None:
+    root = tmp_path / "root"
+    exec_path = "/srv/ldawt/venv/bin/ldawt-worker"
+    flags = ["--manager", "127.0.0.1:9", "--no-password", "--no-enable", "--root", str(root)]
+    r = install(*flags, "--exec", exec_path, *(["--instance", instance] if instance else []))
+    assert r.returncode == 0, r.stderr
+    name = "ldawt-worker@.service" if instance else "ldawt-worker.service"
+    shipped = (SYSTEMD / name).read_text()
+    installed = (root / "etc/systemd/system" / name).read_text()
+    changed = [
+        (before, after)
+        for before, after in zip(shipped.splitlines(), installed.splitlines(), strict=True)
+        if before != after
+    ]
+    assert changed == [("ExecStart=/opt/ldawt/venv/bin/ldawt-worker", f"ExecStart={exec_path}")]
+    assert installed.endswith("\n")
+    # the environment file goes where the unit reads it
+    env_file = unit_settings(installed)["EnvironmentFile"][0].replace("%i", instance or "")
+    assert (root / env_file.lstrip("/")).is_file()
 
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl missing")
@@ -119,7 +138,7 @@ def test_install_service_under_a_root(tmp_path: Path) -> None:
 
     r = install(*flags)
     assert r.returncode == 0, r.stderr
-    env = service.read_env_file((root / "etc/ldawt/worker.env").read_text())
+    env = read_env_file((root / "etc/ldawt/worker.env").read_text())
     assert env == {
         "LDAWT_MANAGER": "10.1.2.3:9123",
         "LDAWT_METRICS_PORT": "9401",
@@ -143,7 +162,7 @@ def test_install_template_instance_without_password(tmp_path: Path) -> None:
     root = tmp_path / "root"
     r = install("--name", "ldawt-job1", "--instance", "job1", "--no-password", "--root", str(root))
     assert r.returncode == 0, r.stderr
-    assert service.read_env_file((root / "etc/ldawt/worker-job1.env").read_text()) == {
+    assert read_env_file((root / "etc/ldawt/worker-job1.env").read_text()) == {
         "LDAWT_MANAGER_NAME": "ldawt-job1"
     }
     assert (root / "etc/systemd/system/ldawt-worker@.service").is_file()

@@ -4,10 +4,12 @@ ldawt library in "direct" mode, and a loopback origin."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -30,15 +32,16 @@ from manager_support import (
 )
 from manager_support import wait_for as wait_until
 from metrics_support import free_port, scrape
+from shard_input import write_shard_input
 from vine_helpers import log_tail, start_process, start_vine_worker, stop_process, venv_path_env
 
-from ldawt.daemon.fetcher.options import FetchOptions
-from ldawt.daemon.shard import write_shard_input
+from ldawt.daemon.contract import FetchOptions, ShardResult, ShardSpec
 from ldawt.manager.engines import EngineError
 from ldawt.manager.engines.taskvine import TaskVineEngine
 from ldawt.manager.engines.vine_options import VineOptions
 from ldawt.manager.job import JOB_ENV, Job
 from ldawt.manager.ledger import DONE, Ledger
+from ldawt.manager.metrics import TARGETS_FILE
 
 pytestmark = [pytest.mark.taskvine, pytest.mark.timeout(240)]
 
@@ -53,11 +56,11 @@ def origin() -> Iterator[Origin]:
         yield o
 
 
-def make_specs(root: Path, port: int, shards: int, rows: int, **fetch: Any) -> list[dict[str, Any]]:
+def make_specs(root: Path, port: int, shards: int, rows: int, **fetch: Any) -> list[ShardSpec]:
     """Shard inputs under root/job/shards (like a planned job), outputs in root/out."""
     shard_dir = root / "job" / "shards"
     shard_dir.mkdir(parents=True)
-    options = FetchOptions(allow_private=True, retries=0, **fetch).to_dict()
+    options = FetchOptions(allow_private=True, retries=0, **fetch)
     specs = []
     for s in range(shards):
         first = s * rows
@@ -71,31 +74,23 @@ def make_specs(root: Path, port: int, shards: int, rows: int, **fetch: Any) -> l
             [n % 3 for n in numbers],
             first,
         )
-        specs.append(
-            {
-                "shard_id": f"{s:05d}",
-                "input_path": str(path),
-                "output_dir": str(root),
-                "fetch": options,
-                "deadline_s": 120.0,
-            }
-        )
+        specs.append(ShardSpec(f"{s:05d}", str(path), str(root), fetch=options, deadline_s=120.0))
     return specs
 
 
-def check_outputs(root: Path, specs: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+def check_outputs(root: Path, specs: list[ShardSpec], results: list[ShardResult]) -> None:
     """Every shard committed once, every input row once in the manifests, tars complete."""
-    assert sorted(r["shard_id"] for r in results) == sorted(s["shard_id"] for s in specs)
+    assert sorted(r["shard_id"] for r in results) == sorted(s.shard_id for s in specs)
     assert all(r["ok"] for r in results), [r.get("error") for r in results if not r["ok"]]
     want_rows: list[int] = []
     got_rows: list[int] = []
     for spec in specs:
-        want_rows += pq.read_table(spec["input_path"], columns=["row"]).column(0).to_pylist()
-        manifest = pq.read_table(root / f"{spec['shard_id']}.manifest.parquet")
+        want_rows += pq.read_table(spec.input_path, columns=["row"]).column(0).to_pylist()
+        manifest = pq.read_table(root / f"{spec.shard_id}.manifest.parquet")
         got_rows += manifest.column("row").to_pylist()
         assert set(manifest.column("status").to_pylist()) == {"ok"}
-        assert (root / f"{spec['shard_id']}_stats.json").is_file()
-        assert (root / f"{spec['shard_id']}.tar").stat().st_size > 0
+        assert (root / f"{spec.shard_id}_stats.json").is_file()
+        assert (root / f"{spec.shard_id}.tar").stat().st_size > 0
     assert sorted(got_rows) == sorted(want_rows)  # none lost, none twice
     # Nothing left in the staging folder of returned files.
     assert not any((root / "job" / "taskvine" / "incoming").glob("*"))
@@ -462,6 +457,13 @@ def test_manager_killed_mid_job_resumes_from_the_ledger(tmp_path: Path) -> None:
         log = tmp_path / "killed.log"
         process = start_manager(*args, log=log)
         wait_until(lambda: len(list(out.glob("*_stats.json"))) >= 3, "three shards", process)
+        # The manager lists its libraries' /metrics for Prometheus: real, live endpoints.
+        targets = out / "job" / TARGETS_FILE
+        wait_until(targets.exists, "the Prometheus targets file", process)
+        for target in json.loads(targets.read_text())[0]["targets"]:
+            host, port = target.rsplit(":", 1)
+            assert host == socket.gethostname()
+            assert scrape(int(port))["ldawt_library_calls_total"] >= 1
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         committed = {p.name: p.stat().st_mtime_ns for p in out.glob("*_stats.json")}
@@ -481,6 +483,7 @@ def test_manager_killed_mid_job_resumes_from_the_ledger(tmp_path: Path) -> None:
         assert (out / name).stat().st_mtime_ns == mtime
     assert not partial_files(out)
     assert not any((out / "job" / "taskvine" / "incoming").glob("*"))
+    assert json.loads((out / "job" / TARGETS_FILE).read_text()) == []  # the run is over
     with Ledger(Job(out).ledger_path) as ledger:
         assert {s.state for s in ledger.shards()} == {DONE}
     # The killed manager's local workers were stopped by the rerun, the rerun's by itself.

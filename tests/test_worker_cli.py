@@ -11,7 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ldawt.daemon import worker as w
+from ldawt.daemon.worker.config import PASSWORD_CREDENTIAL, UsageError, WorkerConfig, check_manager
+from ldawt.daemon.worker.resources import MB
+from ldawt.daemon.worker.vine import build_command
 
 SCRIPT = str(Path(sys.executable).parent / "ldawt-worker")
 LDAWT_VARS = [
@@ -62,7 +64,7 @@ def dry_run(*args: str, env: dict[str, str] | None = None) -> tuple[list[str], d
 
 
 def test_command_uses_vine_worker_option_names(tmp_path: Path) -> None:
-    cfg = w.WorkerConfig(
+    cfg = WorkerConfig(
         manager="127.0.0.1:9123",
         workspace=str(tmp_path),
         cores=3,
@@ -75,7 +77,7 @@ def test_command_uses_vine_worker_option_names(tmp_path: Path) -> None:
         debug="all",
         extra=["--feature", "fast"],
     )
-    assert w.build_command(cfg, "/usr/bin/vine_worker") == [
+    assert build_command(cfg, "/usr/bin/vine_worker") == [
         "/usr/bin/vine_worker",
         "--cores=3",
         "--memory=2048",
@@ -92,9 +94,9 @@ def test_command_uses_vine_worker_option_names(tmp_path: Path) -> None:
         "fast",
         "127.0.0.1:9123",
     ]
-    by_name = w.WorkerConfig(name="ldawt-.*", catalog="127.0.0.1:9097", workspace="/w")
+    by_name = WorkerConfig(name="ldawt-.*", catalog="127.0.0.1:9097", workspace="/w")
     by_name.cores, by_name.memory_mb, by_name.disk_mb = 1, 1, 1
-    argv = w.build_command(by_name, "vine_worker")
+    argv = build_command(by_name, "vine_worker")
     assert argv[-2:] == ["-M", "ldawt-.*"]
     assert "--catalog=127.0.0.1:9097" in argv
 
@@ -104,8 +106,8 @@ def test_command_uses_vine_worker_option_names(tmp_path: Path) -> None:
     [(None, None), ("127.0.0.1:1", "x"), ("localhost", None), ("h:0", None), ("h:99999", None)],
 )
 def test_manager_must_be_one_valid_address_or_a_name(manager: str | None, name: str | None) -> None:
-    with pytest.raises(w.UsageError):
-        w.check_manager(w.WorkerConfig(manager=manager, name=name))
+    with pytest.raises(UsageError):
+        check_manager(WorkerConfig(manager=manager, name=name))
 
 
 def test_env_file_variables_drive_every_option(tmp_path: Path) -> None:
@@ -153,22 +155,22 @@ def test_resources_are_detected_with_a_margin(tmp_path: Path) -> None:
     argv, _ = dry_run("--manager", "127.0.0.1:9", "--workspace", str(tmp_path / "new" / "ws"))
     opts = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     assert 1 <= int(opts["--cores"]) <= (psutil.cpu_count() or 1)
-    assert 256 <= int(opts["--memory"]) < psutil.virtual_memory().total // w.MB
-    assert 256 <= int(opts["--disk"]) < psutil.disk_usage(str(tmp_path)).free // w.MB
+    assert 256 <= int(opts["--memory"]) < psutil.virtual_memory().total // MB
+    assert 256 <= int(opts["--disk"]) < psutil.disk_usage(str(tmp_path)).free // MB
     assert not (tmp_path / "new").exists(), "a dry run must not create the workspace"
 
 
 def test_systemd_credential_is_the_default_password(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
-    (creds / w.PASSWORD_CREDENTIAL).write_text("")
+    (creds / PASSWORD_CREDENTIAL).write_text("")
     env = clean_env(CREDENTIALS_DIRECTORY=str(creds), STATE_DIRECTORY=str(tmp_path / "state"))
     argv, _ = dry_run("--manager", "127.0.0.1:9", env=env)
     assert not any(a.startswith("--password") for a in argv), "empty credential = no password"
     assert f"--workspace={tmp_path / 'state' / 'vine'}" in argv
-    (creds / w.PASSWORD_CREDENTIAL).write_text("s3cret\n")
+    (creds / PASSWORD_CREDENTIAL).write_text("s3cret\n")
     argv, _ = dry_run("--manager", "127.0.0.1:9", env=env)
-    assert f"--password={creds / w.PASSWORD_CREDENTIAL}" in argv
+    assert f"--password={creds / PASSWORD_CREDENTIAL}" in argv
 
 
 def test_missing_vine_worker_is_a_clear_error(tmp_path: Path) -> None:

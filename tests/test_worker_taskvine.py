@@ -29,7 +29,7 @@ def where_am_i(x: int) -> dict:
     import os
     import sys
 
-    import ldawt.daemon.worker  # noqa: F401 - importable only with ldawt-worker's interpreter
+    import ldawt.daemon.worker.cli  # noqa: F401 - importable only with ldawt-worker's interpreter
 
     return {
         "x": x,

@@ -10,6 +10,7 @@ import aiohttp
 from yarl import URL
 
 from .. import metrics
+from ..contract import Status, status_for_http
 from . import errors
 from .budget import ByteBudget
 from .errors import FetchFailure
@@ -44,15 +45,15 @@ class Download:
 def parse_http_url(raw: object) -> URL:
     """The URL when ``raw`` is an absolute http(s) URL with a host; FetchFailure otherwise."""
     if not isinstance(raw, str) or not raw.strip():
-        raise FetchFailure(errors.BAD_URL, f"empty or non-text URL {raw!r}"[:200])
+        raise FetchFailure(Status.BAD_URL, f"empty or non-text URL {raw!r}"[:200])
     try:
         url = URL(raw.strip())
     except (ValueError, TypeError) as exc:
-        raise FetchFailure(errors.BAD_URL, f"unparsable URL: {exc}") from exc
+        raise FetchFailure(Status.BAD_URL, f"unparsable URL: {exc}") from exc
     if url.scheme not in ("http", "https"):
-        raise FetchFailure(errors.BAD_URL, f"scheme {url.scheme!r} is not http or https")
+        raise FetchFailure(Status.BAD_URL, f"scheme {url.scheme!r} is not http or https")
     if not url.host:
-        raise FetchFailure(errors.BAD_URL, "URL has no host")
+        raise FetchFailure(Status.BAD_URL, "URL has no host")
     return url
 
 
@@ -63,8 +64,8 @@ class Fetcher:
         self.options = options
         self._session = open_session(options)
         self._slots = asyncio.Semaphore(options.concurrency)
-        self._labeler = metrics.HostLabeler()
-        self._hosts = HostLimiter(options.per_host, options.host_rps, self._labeler)
+        self._host_labels = metrics.BoundedHostLabels()
+        self._hosts = HostLimiter(options.per_host, options.host_rps, self._host_labels)
         self.budget = ByteBudget(options.max_buffered_bytes)
 
     async def close(self) -> None:
@@ -80,7 +81,7 @@ class Fetcher:
         """Download ``raw_url`` with retries. Never raises, except CancelledError."""
         options = options or self.options
         started = time.monotonic()
-        download = Download(status=errors.INTERNAL_ERROR)
+        download = Download(status=Status.INTERNAL_ERROR)
         try:
             url = parse_http_url(raw_url)
             for attempt in range(options.retries + 1):
@@ -88,7 +89,7 @@ class Fetcher:
                 download.http_status = None
                 try:
                     await self._attempt(url, options, download)
-                    download.status = errors.OK
+                    download.status = Status.OK
                     return download
                 except Exception as exc:  # every failure becomes a row status
                     failure = errors.classify_exception(exc)
@@ -129,26 +130,26 @@ class Fetcher:
             async with self._session.get(url, allow_redirects=False, timeout=timeout) as response:
                 _count_connection(use, download)
                 metrics.TIME_TO_FIRST_BYTE.observe(time.monotonic() - sent)
-                metrics.observe_response(self._labeler(url.host or ""), response.status)
+                metrics.observe_response(self._host_labels(url.host or ""), response.status)
                 download.http_status = response.status
                 if response.status in REDIRECT_STATUSES:
                     url = _redirect_target(url, response)
                     if url in seen:
-                        raise FetchFailure(errors.REDIRECT_LOOP, f"redirect loop back to {url}")
+                        raise FetchFailure(Status.REDIRECT_LOOP, f"redirect loop back to {url}")
                     seen.add(url)
                     continue
                 if not 200 <= response.status < 300:
                     raise _http_failure(response)
                 await self._read_image(response, options, download)
                 return
-        raise FetchFailure(errors.REDIRECT_LOOP, f"more than {options.max_redirects} redirects")
+        raise FetchFailure(Status.REDIRECT_LOOP, f"more than {options.max_redirects} redirects")
 
     def _check_literal_address(self, url: URL, options: FetchOptions) -> None:
         address = literal_address(url.host or "")
         if address is not None:
             refusal = address_refusal(address, options.allow_private)
             if refusal:
-                raise FetchFailure(errors.BLOCKED_ADDRESS, refusal)
+                raise FetchFailure(Status.BLOCKED_ADDRESS, refusal)
 
     async def _read_image(
         self, response: aiohttp.ClientResponse, options: FetchOptions, download: Download
@@ -157,7 +158,7 @@ class Fetcher:
         encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
         if declared is not None and declared > options.max_bytes:
             raise FetchFailure(
-                errors.TOO_LARGE, f"Content-Length {declared} > max_bytes {options.max_bytes}"
+                Status.TOO_LARGE, f"Content-Length {declared} > max_bytes {options.max_bytes}"
             )
         if declared is not None and not encoded:
             await self.budget.reserve(declared)
@@ -169,7 +170,7 @@ class Fetcher:
                 size += len(chunk)
                 if size > options.max_bytes:
                     raise FetchFailure(
-                        errors.TOO_LARGE, f"body passed max_bytes {options.max_bytes}"
+                        Status.TOO_LARGE, f"body passed max_bytes {options.max_bytes}"
                     )
                 if size > download.charged:
                     self.budget.charge(size - download.charged)
@@ -177,14 +178,14 @@ class Fetcher:
                 chunks.append(chunk)
             if declared is not None and not encoded and size != declared:
                 raise FetchFailure(
-                    errors.TRUNCATED, f"got {size} of {declared} bytes (Content-Length)"
+                    Status.TRUNCATED, f"got {size} of {declared} bytes (Content-Length)"
                 )
             body = b"".join(chunks)
             content_type = response.headers.get("Content-Type")
             extension = image_extension(body[:HEAD_BYTES])
             if extension is None:
                 raise FetchFailure(
-                    errors.NOT_IMAGE, describe_non_image(body, content_type), response.status
+                    Status.NOT_IMAGE, describe_non_image(body, content_type), response.status
                 )
         except BaseException:
             self.release(download)
@@ -218,7 +219,7 @@ def _retry_delay(failure: FetchFailure, attempt: int, options: FetchOptions) -> 
 
 def _http_failure(response: aiohttp.ClientResponse) -> FetchFailure:
     failure = FetchFailure(
-        errors.http_status_code(response.status),
+        status_for_http(response.status),
         f"HTTP {response.status} {response.reason or ''}".strip(),
         response.status,
     )
@@ -230,11 +231,11 @@ def _redirect_target(url: URL, response: aiohttp.ClientResponse) -> URL:
     location = response.headers.get("Location")
     if not location:
         raise FetchFailure(
-            errors.http_status_code(response.status),
+            status_for_http(response.status),
             f"HTTP {response.status} without Location",
             response.status,
         )
     target = url.join(URL(location))
     if target.scheme not in ("http", "https") or not target.host:
-        raise FetchFailure(errors.BAD_URL, f"redirect to unsupported URL {location!r}"[:200])
+        raise FetchFailure(Status.BAD_URL, f"redirect to unsupported URL {location!r}"[:200])
     return target

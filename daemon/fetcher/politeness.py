@@ -37,10 +37,12 @@ class HostLimiter:
     """Hands out per-host slots. State for a host exists only while someone uses or awaits it,
     so memory does not grow with the number of distinct hosts in a job."""
 
-    def __init__(self, per_host: int, rps: float | None, labeler: metrics.HostLabeler) -> None:
+    def __init__(
+        self, per_host: int, rps: float | None, host_labels: metrics.BoundedHostLabels
+    ) -> None:
         self._per_host = per_host
         self._rps = rps
-        self._labeler = labeler
+        self._host_labels = host_labels
         self._hosts: dict[str, _Host] = {}
 
     def slot(self, host: str) -> _Slot:
@@ -67,7 +69,7 @@ class HostLimiter:
                 raise
         waited = time.monotonic() - started
         if waited > 0.001:
-            metrics.HOST_WAIT.labels(self._labeler(host)).inc(waited)
+            metrics.HOST_WAIT.labels(self._host_labels(host)).inc(waited)
         return state
 
     def _release(self, host: str, state: _Host) -> None:

@@ -1,9 +1,3 @@
 """Pack a shard: its tar, manifest and stats. Each file is written under a partial name and
-renamed once complete, so a file with its final name is always whole."""
-
-from pathlib import Path
-
-
-def partial_path(final: Path) -> Path:
-    """Where ``final`` is written until it is complete."""
-    return final.with_name(final.name + ".partial")
+renamed once complete (``ldawt.daemon.contract.write_atomically``), so a file with its final
+name is always whole."""

@@ -18,19 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import partial_path
+from ..contract import fsync_directory, partial_path
 
-Written = Callable[[str], None]
+Done = Callable[[str | None], None]
 _STOP = object()
 _ZEROS = bytes(tarfile.BLOCKSIZE)
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TarWriter:
@@ -59,9 +51,11 @@ class TarWriter:
         self._thread = threading.Thread(target=self._run, name=f"tar:{final_path.name}")
         self._thread.start()
 
-    def add(self, name: str, data: bytes, written: Written | None = None) -> None:
-        """Queue one member; ``written(sha256_hex)`` is called from the writer thread after."""
-        self._queue.put((name, data, written))
+    def add(self, name: str, data: bytes, done: Done | None = None) -> None:
+        """Queue one member. ``done`` is called from the writer thread once the member is
+        handled: with its sha256 (hex) when it is in the tar, with None when it was dropped
+        after a write failed (commit raises that failure)."""
+        self._queue.put((name, data, done))
 
     def commit(self) -> Path:
         """Finish the tar, make it durable and give it its final name (blocking)."""
@@ -88,16 +82,17 @@ class TarWriter:
     def _run(self) -> None:
         try:
             while (item := self._queue.get()) is not _STOP:
-                if self._error is not None:
-                    continue  # drain after a failure; commit will raise it
-                name, data, written = item
-                try:
-                    self._write_member(name, data)
-                    self.members += 1
-                    if written is not None:
-                        written(hashlib.sha256(data).hexdigest())
-                except BaseException as exc:  # disk full, I/O error: reported by commit
-                    self._error = exc
+                name, data, done = item
+                sha256 = None
+                if self._error is None:  # after a failure the rest is drained; commit raises it
+                    try:
+                        self._write_member(name, data)
+                        self.members += 1
+                        sha256 = hashlib.sha256(data).hexdigest()
+                    except BaseException as exc:  # disk full, I/O error: reported by commit
+                        self._error = exc
+                if done is not None:
+                    done(sha256)
         finally:
             self._close_file()
 

@@ -1,39 +1,13 @@
-"""Engines run shard specs somewhere and yield their results as they finish.
-
-Every engine has ``describe() -> str`` and ``run(specs, progress) -> Iterator[result]``;
-``progress`` receives in-shard count deltas when the engine can see them (the local engine
-can). A delta whose ``shard_id`` is None carries only a ``note`` for the progress line, about
-the engine rather than a shard (e.g. "no worker connected ..."; "" clears it). An engine that
-cannot go on at all (e.g. its TaskVine library fails to start on every worker) raises
-``EngineError``. ``add_engine_options`` and ``make_engine`` are the command line's only contact
-with engines, so adding an engine touches this package alone.
+"""Engines run shard specs somewhere and yield their results as they finish (``engine.py``
+says what an engine is). ``add_engine_options`` and ``make_engine`` are the command line's only
+contact with engines, so adding an engine touches this package alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
 
-Progress = Callable[[dict[str, Any]], None]
-
-
-class EngineError(RuntimeError):
-    """The engine cannot run the job; the message says why and what to do."""
-
-
-class Engine(Protocol):
-    def describe(self) -> str: ...
-
-    def run(self, specs: list[dict[str, Any]], progress: Progress) -> Iterator[dict[str, Any]]: ...
-
-
-def taskvine_available() -> bool:
-    try:
-        return importlib.util.find_spec("ndcctools.taskvine") is not None
-    except ImportError:  # no ndcctools at all
-        return False
+from .engine import Engine, EngineError, taskvine_available
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:

@@ -10,13 +10,19 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import queue
+import time
 from collections.abc import Iterator
 from typing import Any
 
+from ldawt.daemon.contract import (
+    ProgressCallback,
+    ShardResult,
+    ShardSpec,
+    describe_exception,
+    failure_result,
+)
 from ldawt.daemon.shard import run_shard
-from ldawt.daemon.worker import detect_cores
-
-from . import Progress
+from ldawt.daemon.worker.resources import detect_cores
 
 _progress_queue: Any = None
 
@@ -26,7 +32,7 @@ def _init_worker(progress_queue: Any) -> None:
     _progress_queue = progress_queue
 
 
-def _run_reporting(spec: dict[str, Any]) -> dict[str, Any]:
+def _run_reporting(spec: ShardSpec) -> ShardResult:
     return run_shard(spec, _progress_queue.put)
 
 
@@ -39,7 +45,7 @@ class LocalEngine:
             return "local engine, in-process"
         return f"local engine, {self.workers} worker processes"
 
-    def run(self, specs: list[dict[str, Any]], progress: Progress) -> Iterator[dict[str, Any]]:
+    def run(self, specs: list[ShardSpec], progress: ProgressCallback) -> Iterator[ShardResult]:
         workers = max(1, min(self.workers, len(specs)))
         if workers == 1:
             progress_queue: Any = queue.SimpleQueue()
@@ -54,6 +60,7 @@ class LocalEngine:
                 workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)
             )
         with executor:
+            started = time.monotonic()
             pending = {executor.submit(_run_reporting, spec): spec for spec in specs}
             try:
                 while pending:
@@ -61,14 +68,14 @@ class LocalEngine:
                     _drain(progress_queue, progress)
                     for future in done:
                         spec = pending.pop(future)
-                        yield _result_of(future, spec)
+                        yield _result_of(future, spec, started)
                 _drain(progress_queue, progress)
             finally:
                 for future in pending:
                     future.cancel()
 
 
-def _drain(progress_queue: Any, progress: Progress) -> None:
+def _drain(progress_queue: Any, progress: ProgressCallback) -> None:
     while True:
         try:
             progress(progress_queue.get_nowait())
@@ -76,8 +83,10 @@ def _drain(progress_queue: Any, progress: Progress) -> None:
             return
 
 
-def _result_of(future: cf.Future, spec: dict[str, Any]) -> dict[str, Any]:
+def _result_of(future: cf.Future, spec: ShardSpec, started: float) -> ShardResult:
+    """The shard's result; ``started``: when the run began (a queued shard's own start is not
+    known here, so a failed one's ``elapsed_s`` may include its wait)."""
     try:
         return future.result()
     except Exception as exc:  # a worker process died (killed, out of memory)
-        return {"shard_id": spec["shard_id"], "ok": False, "error": f"worker failed: {exc!r}"}
+        return failure_result(spec.shard_id, f"worker failed: {describe_exception(exc)}", started)

@@ -26,10 +26,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ldawt.daemon.contract import ProgressCallback, ShardResult, ShardSpec, failure_result
 from ldawt.daemon.library import UNIQUE_OUTPUT
 from ldawt.manager import metrics
 
-from . import EngineError, Progress
+from .engine import EngineError
 from .vine_options import VineOptions
 from .vine_setup import (
     LIBRARY_NAME,
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Attempt:
-    spec: dict[str, Any]
+    spec: ShardSpec
     number: int = 1
     not_before: float = 0.0
     staged: Path | None = None  # where this attempt's files arrive before going into place
@@ -80,11 +81,11 @@ class TaskVineEngine:
         local = f", {o.local_workers} local worker(s)" if o.local_workers else ""
         return f"taskvine engine ({where}{local}; one FunctionCall per shard)"
 
-    def run(self, specs: list[dict[str, Any]], progress: Progress) -> Iterator[dict[str, Any]]:
+    def run(self, specs: list[ShardSpec], progress: ProgressCallback) -> Iterator[ShardResult]:
         if not specs:
             return
         # Next to the job's shard-inputs folder: the job folder.
-        vine_dir = Path(specs[0]["input_path"]).parent.parent / "taskvine"
+        vine_dir = Path(specs[0].input_path).parent.parent / "taskvine"
         # Left by a previous run of this manager that was killed: files of interrupted attempts,
         # and local workers' workspaces (vine_worker 7.14.5 can crash when it starts on the
         # workspace of a worker that was killed).
@@ -109,8 +110,8 @@ class TaskVineEngine:
             shutil.rmtree(vine_dir / "incoming", ignore_errors=True)
 
 
-def _rows_of(specs: list[dict[str, Any]]) -> int:
-    return max(pq.ParquetFile(s["input_path"]).metadata.num_rows for s in specs)
+def _rows_of(specs: list[ShardSpec]) -> int:
+    return max(pq.ParquetFile(s.input_path).metadata.num_rows for s in specs)
 
 
 class _Run:
@@ -123,7 +124,7 @@ class _Run:
         size: LibrarySize,
         vine_dir: Path,
         workers: LocalWorkers | None,
-        progress: Progress,
+        progress: ProgressCallback,
     ) -> None:
         self.m = m
         self.options = options
@@ -140,7 +141,7 @@ class _Run:
         self.note = ""
         self.limit = options.max_in_flight or MIN_IN_FLIGHT
 
-    def results(self, specs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def results(self, specs: list[ShardSpec]) -> Iterator[ShardResult]:
         ready: deque[_Attempt] = deque(_Attempt(spec) for spec in specs)
         delayed: list[_Attempt] = []  # retries waiting for their backoff to pass
         next_watch = 0.0
@@ -185,36 +186,36 @@ class _Run:
         from ndcctools.taskvine import FunctionCall
 
         spec = attempt.spec
-        attempt.staged = self.vine_dir / "incoming" / f"{spec['shard_id']}.{attempt.number}"
+        attempt.staged = self.vine_dir / "incoming" / f"{spec.shard_id}.{attempt.number}"
         attempt.staged.parent.mkdir(parents=True, exist_ok=True)
         if self.options.writes_in_place():
             # TaskVine may run a call again while a lost worker's library still finishes it:
             # each run writes into a new folder of its own under the attempt's folder.
-            remote = {**spec, "output_dir": str(attempt.staged), UNIQUE_OUTPUT: True}
+            remote = {**spec.to_dict(), "output_dir": str(attempt.staged), UNIQUE_OUTPUT: True}
             call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, remote)
         else:
-            remote = {**spec, "input_path": INPUT_NAME, "output_dir": OUTPUT_NAME}
+            remote = {**spec.to_dict(), "input_path": INPUT_NAME, "output_dir": OUTPUT_NAME}
             call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, remote)
             # Each input goes to one worker once: not worth offering from peers.
-            source = self.m.declare_file(spec["input_path"], cache=False, peer_transfer=False)
+            source = self.m.declare_file(spec.input_path, cache=False, peer_transfer=False)
             staged = self.m.declare_file(str(attempt.staged), cache=False)
             call.add_input(source, INPUT_NAME)
             call.add_output(staged, OUTPUT_NAME)
             attempt.files = [source, staged]
-        call.set_tag(spec["shard_id"])
+        call.set_tag(spec.shard_id)
         # A worker that keeps handing a shard back without running it (e.g. its library keeps
         # failing) does not get it forever.
         call.set_max_forsaken(self.options.max_forsaken)
         return call
 
-    def _finish(self, task: Any, attempt: _Attempt) -> dict[str, Any]:
+    def _finish(self, task: Any, attempt: _Attempt) -> ShardResult:
         """The shard's result, its files in place when it committed; frees the attempt."""
-        shard_id = attempt.spec["shard_id"]
+        shard_id = attempt.spec.shard_id
         try:
             output = _call_output(task)
             if not isinstance(output, dict):
-                return _failed(shard_id, attempt, f"taskvine: {output}")
-            result = {**output, "attempts": attempt.number, "worker": task.addrport}
+                return _failed(shard_id, attempt, f"taskvine: {output}", str(task.addrport))
+            result = ShardResult(**output, attempts=attempt.number, worker=task.addrport)
             if result.get("ok"):
                 self.served = True
                 self.last_start = time.monotonic()
@@ -224,7 +225,8 @@ class _Run:
                 try:
                     result = commit_outputs(written, attempt.spec, result)
                 except (OSError, ValueError, KeyError) as exc:
-                    return _failed(shard_id, attempt, f"outputs not returned: {exc}")
+                    error = f"outputs not returned: {exc}"
+                    return _failed(shard_id, attempt, error, result.get("host") or task.addrport)
             return result
         finally:
             self._release(task, attempt)
@@ -329,8 +331,10 @@ class _Run:
         )
 
 
-def _failed(shard_id: str, attempt: _Attempt, error: str) -> dict[str, Any]:
-    return {"shard_id": shard_id, "ok": False, "error": error, "attempts": attempt.number}
+def _failed(shard_id: str, attempt: _Attempt, error: str, worker: str) -> ShardResult:
+    result = failure_result(shard_id, error, host=worker)
+    result["attempts"] = attempt.number
+    return result
 
 
 def _call_output(task: Any) -> Any:

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from ..argtypes import at_least
-from . import EngineError
+from .engine import EngineError
 
 DEFAULT_PORT = 9123  # TaskVine's well-known port
 

@@ -23,9 +23,9 @@ from typing import Any
 import psutil
 
 from ldawt.daemon import library
-from ldawt.daemon.fetcher.options import FetchOptions
+from ldawt.daemon.contract import ShardResult, ShardSpec, write_text_atomically
 
-from . import EngineError
+from .engine import EngineError
 from .vine_options import VineOptions
 
 LIBRARY_NAME = "ldawt"
@@ -94,9 +94,9 @@ class LibrarySize:
         return f"{self.cores} core(s), {self.memory_mb} MB memory, {self.disk_mb} MB disk"
 
 
-def library_size(options: VineOptions, specs: list[dict[str, Any]], rows: int) -> LibrarySize:
+def library_size(options: VineOptions, specs: list[ShardSpec], rows: int) -> LibrarySize:
     """``rows``: the largest shard's rows (sizes the disk reserved for one shard's outputs)."""
-    buffered = max(FetchOptions.from_dict(s.get("fetch") or {}).max_buffered_bytes for s in specs)
+    buffered = max(s.fetch.max_buffered_bytes for s in specs)
     memory = options.library_memory_mb or LIBRARY_BASE_MEMORY_MB + math.ceil(buffered / MB)
     disk = options.library_disk_mb or max(MIN_LIBRARY_DISK_MB, math.ceil(rows * DISK_PER_ROW_MB))
     return LibrarySize(options.library_cores, memory, disk)
@@ -175,12 +175,12 @@ class LocalWorkers:
     """``n`` ldawt-worker processes on this machine, sharing its cores, memory and disk."""
 
     def __init__(self, n: int, port: int, options: VineOptions, root: Path) -> None:
-        from ldawt.daemon import worker
+        from ldawt.daemon.worker.resources import detect_cores, detect_disk_mb, detect_memory_mb
 
         self.procs: list[subprocess.Popen] = []
-        cores = max(1, worker.detect_cores() // n)
-        memory = max(256, worker.detect_memory_mb() // n)
-        disk = max(256, worker.detect_disk_mb(root) // n)
+        cores = max(1, detect_cores() // n)
+        memory = max(256, detect_memory_mb() // n)
+        disk = max(256, detect_disk_mb(root) // n)
         # The manager's own settings must not reach the workers' environment defaults.
         env = {
             k: v
@@ -235,23 +235,25 @@ class LocalWorkers:
                 child.kill()
 
 
-def commit_outputs(staged: Path, spec: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+def commit_outputs(staged: Path, spec: ShardSpec, result: ShardResult) -> ShardResult:
     """Move a shard's returned files from ``staged`` into its output folder, in the commit
     order (tar, manifest, stats last), and return the result with the final paths."""
-    out = Path(spec["output_dir"])
-    final = dict(result)
-    for key in ("tar_path", "manifest_path", "stats_path"):
-        final[key] = str(out / Path(result[key]).name)
-    for key in ("tar_path", "manifest_path"):
+    files = spec.files
+    final = ShardResult(
+        result,
+        tar_path=str(files.tar),
+        manifest_path=str(files.manifest),
+        stats_path=str(files.stats),
+    )
+    for key, path in (("tar_path", files.tar), ("manifest_path", files.manifest)):
         source = staged / Path(result[key]).name
         if not source.is_file():
             raise FileNotFoundError(f"{source.name} did not come back from the worker")
-        os.replace(source, final[key])
-    # The stats file names the worker's paths; rewrite it with the ones on this side.
-    stats_source = staged / Path(result["stats_path"]).name
-    stats = json.loads(stats_source.read_text())
+        os.replace(source, path)
+    # The stats file names the worker's paths; it is written again with the ones on this side,
+    # atomically: a stats file is the mark of a complete shard.
+    stats = json.loads((staged / Path(result["stats_path"]).name).read_text())
     stats.update({k: final[k] for k in ("tar_path", "manifest_path", "stats_path")})
-    stats_source.write_text(json.dumps(stats, indent=2) + "\n")
-    os.replace(stats_source, final["stats_path"])
+    write_text_atomically(files.stats, json.dumps(stats, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(staged, ignore_errors=True)
     return final

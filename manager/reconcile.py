@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
-from ldawt.daemon.shard import ShardSpec
+from ldawt.daemon.contract import ShardFiles
 
-from .job import JOB_ENV, Job
+from .job import JOB_ENV, Job, JobRun
 from .ledger import DONE, RUNNING, Committed, Ledger, ShardRecord
 
 ORPHAN_EXIT_TIMEOUT_S = 30.0
@@ -35,14 +35,14 @@ def _tar_members(path: Path) -> int:
 
 
 def check_committed(
-    paths: ShardSpec, rows: int, tar_bytes: int | None = None, count_members: bool = False
+    files: ShardFiles, rows: int, tar_bytes: int | None = None, count_members: bool = False
 ) -> Committed:
     """The committed outputs of a shard of ``rows`` rows. The tar's size must match
     ``tar_bytes`` (recorded when the shard was verified before) or else the size its stats file
     recorded at commit; ``count_members`` also reads every tar header (for shards no manager
     saw finish), and so does a stats file without a recorded size."""
     try:
-        stats = json.loads(paths.stats_path.read_text())
+        stats = json.loads(files.stats.read_text())
     except FileNotFoundError:
         raise NotCommitted("no stats file") from None
     except (OSError, ValueError) as exc:
@@ -50,8 +50,8 @@ def check_committed(
     if stats.get("rows") != rows:
         raise NotCommitted(f"stats file counts {stats.get('rows')} rows, the plan {rows}")
     try:
-        size = paths.tar_path.stat().st_size
-        manifest_rows = pq.ParquetFile(paths.manifest_path).metadata.num_rows
+        size = files.tar.stat().st_size
+        manifest_rows = pq.ParquetFile(files.manifest).metadata.num_rows
     except (OSError, ValueError) as exc:
         raise NotCommitted(f"tar or manifest unreadable: {exc}") from exc
     if manifest_rows != rows:
@@ -61,7 +61,7 @@ def check_committed(
         raise NotCommitted(f"tar is {size} bytes, {expected_size} when committed")
     if count_members or expected_size is None:
         try:
-            members = _tar_members(paths.tar_path)
+            members = _tar_members(files.tar)
         except (OSError, tarfile.TarError) as exc:
             raise NotCommitted(f"tar unreadable: {exc}") from exc
         if members != stats.get("members"):
@@ -93,31 +93,31 @@ def stop_orphans(job: Job) -> list[int]:
     return [p.pid for p in orphans]
 
 
-def reconcile(job: Job, ledger: Ledger, compress: bool) -> None:
+def reconcile(run: JobRun) -> None:
     """Make the ledger and the output folder agree (see the module docstring)."""
     rerun = []
-    for shard in ledger.shards():
-        paths = job.output_paths(shard.shard_id, compress)
+    for shard in run.ledger.shards():
+        files = run.files(shard.shard_id)
         if shard.state == DONE:
             try:
-                check_committed(paths, shard.rows, shard.tar_bytes)
+                check_committed(files, shard.rows, shard.tar_bytes)
             except NotCommitted:
-                paths.remove_outputs()
+                files.remove()
                 rerun.append(shard.shard_id)
             continue
-        if _adopt(ledger, shard, paths):
+        if _adopt(run.ledger, shard, files):
             continue
-        paths.remove_outputs()
+        files.remove()
         if shard.state == RUNNING:
             rerun.append(shard.shard_id)
-    ledger.mark_planned(rerun)
+    run.ledger.mark_planned(rerun)
 
 
-def _adopt(ledger: Ledger, shard: ShardRecord, paths: ShardSpec) -> bool:
-    if not paths.stats_path.exists():
+def _adopt(ledger: Ledger, shard: ShardRecord, files: ShardFiles) -> bool:
+    if not files.stats.exists():
         return False
     try:
-        committed = check_committed(paths, shard.rows, count_members=True)
+        committed = check_committed(files, shard.rows, count_members=True)
     except NotCommitted:
         return False
     ledger.mark_done(shard.shard_id, committed)

@@ -13,22 +13,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .job import Job
-from .ledger import DONE, Ledger
+from .job import JobRun
+from .ledger import DONE
 
 
-def latest_outcomes(job: Job, ledger: Ledger, columns: list[str]) -> Iterator[pa.Table]:
+def latest_outcomes(run: JobRun, columns: list[str]) -> Iterator[pa.Table]:
     """``columns`` (``row`` is always included) of every committed manifest, without the rows
     a later round replaced."""
     wanted = list(dict.fromkeys(["row", *columns]))
-    compress = bool((ledger.meta("identity") or {}).get("options", {}).get("compress"))
     replaced: set[int] = set()
     current_round, excluded = None, pa.array([], pa.int64())
-    for shard in sorted(ledger.shards([DONE]), key=lambda s: (-s.round, s.shard_id)):
+    for shard in sorted(run.ledger.shards([DONE]), key=lambda s: (-s.round, s.shard_id)):
         if shard.round != current_round:
             current_round, excluded = shard.round, pa.array(sorted(replaced), pa.int64())
-        path = job.output_paths(shard.shard_id, compress).manifest_path
-        table = pq.read_table(path, columns=wanted)
+        table = pq.read_table(run.files(shard.shard_id).manifest, columns=wanted)
         if len(excluded):
             table = table.filter(pc.invert(pc.is_in(table.column("row"), value_set=excluded)))
         if shard.round > 0:

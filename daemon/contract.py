@@ -1,0 +1,308 @@
+"""The shard contract: everything that crosses the engine boundary, in one place.
+
+An engine hands ``run_shard`` a ``ShardSpec`` and gets back a ``ShardResult``; both travel as
+plain JSON-able dicts when they leave the process (``to_dict``/``from_dict``), so a TaskVine
+library of the same ldawt version can run them. The shard writes its files (``ShardFiles``)
+atomically, in commit order: tar, manifest (``MANIFEST_SCHEMA``, one row per input row), stats
+last; a shard with a stats file is complete. Every row ends with one ``Status`` of a closed set.
+
+New per-shard settings (transforms, per-host budgets) are fields of ``ShardSpec``; new manifest
+columns go into ``MANIFEST_SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+import pyarrow as pa
+
+from .fetcher.options import FetchOptions
+
+# --- row statuses ----------------------------------------------------------------------------
+
+
+class Status:
+    """The closed set of row statuses. Plain strings, as they appear in manifests, stats and
+    metrics labels: hot paths compare and count them by the million."""
+
+    OK = "ok"
+    DUPLICATE = "duplicate"
+    """Same URL as another row of the job, which fetched it; points at that row's member."""
+    REDIRECT_LOOP = "redirect_loop"
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"
+    CONNECTION_RESET = "connection_reset"
+    DNS_ERROR = "dns_error"
+    TLS_ERROR = "tls_error"
+    TOO_LARGE = "too_large"
+    TRUNCATED = "truncated"
+    NOT_IMAGE = "not_image"
+    BAD_URL = "bad_url"
+    BLOCKED_ADDRESS = "blocked_address"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+
+NAMED_HTTP_CODES = (400, 401, 403, 404, 410, 429, 500, 502, 503, 504)
+HTTP_STATUSES = (*(f"http_{code}" for code in NAMED_HTTP_CODES), "http_3xx", "http_4xx", "http_5xx")
+SUCCESSES = (Status.OK, Status.DUPLICATE)
+"""Statuses of rows whose image is in a tar (a duplicate points at its original's member)."""
+FAILURES = (
+    *HTTP_STATUSES,
+    Status.REDIRECT_LOOP,
+    Status.TIMEOUT,
+    Status.CONNECT_ERROR,
+    Status.CONNECTION_RESET,
+    Status.DNS_ERROR,
+    Status.TLS_ERROR,
+    Status.TOO_LARGE,
+    Status.TRUNCATED,
+    Status.NOT_IMAGE,
+    Status.BAD_URL,
+    Status.BLOCKED_ADDRESS,
+    Status.CANCELLED,
+    Status.INTERNAL_ERROR,
+)
+ALL_STATUSES = (*SUCCESSES, *FAILURES)
+
+
+def status_for_http(code: int) -> str:
+    """The status of a row answered with HTTP ``code``: 404 -> "http_404"; codes without a
+    status of their own fall into their class ("http_4xx")."""
+    if code in NAMED_HTTP_CODES:
+        return f"http_{code}"
+    return f"http_{code // 100}xx"
+
+
+# --- shard input and manifest ----------------------------------------------------------------
+
+INPUT_COLUMNS = ("row", "url", "class", "key", "label")
+"""Columns of a shard input file (``ShardSpec.input_path``), plus the passthrough columns."""
+DUPLICATE_OF = "dup_of"
+"""Optional input column: the job-wide row number of the row in the same shard that fetches this
+row's URL. Such a row is not fetched; its manifest row points at the original's outcome."""
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("class", pa.string()),
+        ("label", pa.int64()),
+        ("status", pa.string()),
+        ("http_status", pa.int32()),
+        ("error", pa.string()),
+        ("attempts", pa.int32()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("content_type", pa.string()),
+        ("elapsed_ms", pa.float32()),
+        ("member", pa.string()),
+        ("duplicate_of", pa.int64()),  # the row whose download this row shares
+    ]
+)
+"""A manifest's columns, followed by the passthrough columns (``manifest_column``)."""
+
+
+def manifest_column(passthrough: str) -> str:
+    """The manifest's name for an input column carried through: its own unless a manifest
+    column has it."""
+    return f"input_{passthrough}" if passthrough in MANIFEST_SCHEMA.names else passthrough
+
+
+# --- the shard's files -----------------------------------------------------------------------
+
+
+def partial_path(final: Path) -> Path:
+    """Where ``final`` is written until it is complete."""
+    return final.with_name(final.name + ".partial")
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """A shard's output files, in commit order (tar, manifest, stats)."""
+
+    tar: Path
+    manifest: Path
+    stats: Path
+
+    @classmethod
+    def of(cls, output_dir: str | Path, shard_id: str, compress: bool) -> ShardFiles:
+        folder = Path(output_dir)
+        suffix = ".tar.gz" if compress else ".tar"
+        return cls(
+            folder / f"{shard_id}{suffix}",
+            folder / f"{shard_id}.manifest.parquet",
+            folder / f"{shard_id}_stats.json",
+        )
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter((self.tar, self.manifest, self.stats))
+
+    def remove(self) -> None:
+        """Delete the shard's output files, finished or partial."""
+        for path in self:
+            path.unlink(missing_ok=True)
+            partial_path(path).unlink(missing_ok=True)
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """Run ``write(partial_path)``, fsync the result and rename it to ``path``: a reader sees
+    the old file or the whole new one, never a part."""
+    partial = partial_path(path)
+    try:
+        write(partial)
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def write_text_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` (folders created, file mode ``mode``) with write_atomically."""
+
+    def write(partial: Path) -> None:
+        partial.write_text(text)
+        partial.chmod(mode)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, write)
+
+
+# --- spec and result -------------------------------------------------------------------------
+
+LAYOUTS = ("class", "webdataset")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard's work: what to read, where to write, and how."""
+
+    shard_id: str
+    """Also the file stem of the outputs."""
+    input_path: str
+    """A parquet file of ``INPUT_COLUMNS`` [+ ``DUPLICATE_OF``] + passthrough columns."""
+    output_dir: str
+    layout: str = "class"
+    """"class": ``<class>/<key>.<ext>`` (ImageFolder); "webdataset": ``<key>.<ext>``,
+    ``<key>.json``, ``<key>.cls``."""
+    compress: bool = False
+    """Write ``.tar.gz`` instead of ``.tar``."""
+    passthrough: tuple[str, ...] = ()
+    """Input columns copied into the manifest (``manifest_column`` names them there)."""
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    deadline_s: float = 3600.0
+    """The shard's own deadline: past it, unfinished rows are ``cancelled`` and it commits."""
+
+    @property
+    def files(self) -> ShardFiles:
+        return ShardFiles.of(self.output_dir, self.shard_id, self.compress)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-able values (what a TaskVine FunctionCall carries)."""
+        values = dataclasses.asdict(self)
+        values["passthrough"] = list(self.passthrough)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ShardSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown shard spec field(s) {unknown}; known: {sorted(known)}")
+        fields = dict(values)
+        fields["fetch"] = FetchOptions.from_dict(fields.get("fetch") or {})
+        fields["passthrough"] = tuple(fields.get("passthrough") or ())
+        return cls(**fields)
+
+    def replace(self, **changes: Any) -> ShardSpec:
+        return dataclasses.replace(self, **changes)
+
+
+class ShardResult(TypedDict, total=False):
+    """What a shard run returns (and, once committed, what its stats file holds). Always
+    present: ``shard_id``, ``ok``, ``error``; the rest when the shard ran."""
+
+    shard_id: str | None
+    ok: bool
+    """The shard committed its files."""
+    error: str | None
+    """Why it failed; for a committed shard, a note (e.g. its deadline passed)."""
+    rows: int
+    counts: dict[str, int]
+    """Rows by status."""
+    bytes: int
+    """Body bytes downloaded."""
+    members: int
+    tar_bytes: int
+    elapsed_s: float
+    started_at: float
+    tar_path: str
+    manifest_path: str
+    stats_path: str
+    connections_new: int
+    connections_reused: int
+    host: str
+    pid: int
+    # Added by the TaskVine library and engine:
+    library_calls: int
+    library_started_at: float
+    metrics_port: int | None
+    metrics_error: str
+    attempts: int
+    worker: str
+
+
+class ProgressDelta(TypedDict, total=False):
+    """What a running shard reports about once a second: rows finished since the previous
+    report, by status, and body bytes downloaded. An engine's own note for the progress line
+    (e.g. "no worker connected") comes with ``shard_id`` None and only ``note`` ("" clears it)."""
+
+    shard_id: str | None
+    counts: dict[str, int]
+    bytes: int
+    note: str
+
+
+ProgressCallback = Callable[[ProgressDelta], None]
+
+ERROR_MAX_CHARS = 2000
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception in one line or a few: its type and message, no traceback."""
+    return "".join(traceback.format_exception_only(exc)).strip() or type(exc).__name__
+
+
+def failure_result(
+    shard_id: str | None, error: str, started: float | None = None, host: str | None = None
+) -> ShardResult:
+    """The result of a shard that failed as a whole. ``started``: its ``time.monotonic()``
+    when known, for ``elapsed_s``; ``host``: where it ran when that is not this process (then
+    without a ``pid``)."""
+    result = ShardResult(shard_id=shard_id, ok=False, error=error[:ERROR_MAX_CHARS])
+    if host is None:
+        result.update(host=socket.gethostname(), pid=os.getpid())
+    else:
+        result["host"] = host
+    if started is not None:
+        result["elapsed_s"] = time.monotonic() - started
+    return result

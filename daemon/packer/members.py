@@ -1,0 +1,46 @@
+"""A row's members in the shard's tar: its image under a safe unique name and, in the
+webdataset layout, its ``.json`` and ``.cls`` beside it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .names import MemberNamer
+from .tarwriter import TarWriter
+
+
+class MemberPacker:
+    """Names a row's members and queues them for the tar writer thread."""
+
+    def __init__(self, writer: TarWriter, layout: str) -> None:
+        self._writer = writer
+        self._namer = MemberNamer(layout)
+        self._webdataset = layout == "webdataset"
+
+    def add(
+        self,
+        row: dict[str, Any],
+        image: bytes,
+        extension: str,
+        outcome: dict[str, Any],
+        released: Callable[[], None],
+    ) -> None:
+        """Queue ``image`` for ``row``; the writer thread sets ``outcome["sha256"]`` once the
+        image is in the tar, and calls ``released()`` once it is done with the bytes, written
+        or not. Sets ``outcome["member"]`` now."""
+        stem = self._namer.stem(row["class"], row["key"])
+        member = f"{stem}.{extension}"
+        outcome["member"] = member
+
+        def done(sha256: str | None) -> None:  # on the writer thread
+            if sha256 is not None:
+                outcome["sha256"] = sha256
+            released()
+
+        self._writer.add(member, image, done)
+        if self._webdataset:
+            meta = {k: row[k] for k in ("key", "url", "class", "label")}
+            self._writer.add(f"{stem}.json", json.dumps(meta, ensure_ascii=False).encode())
+            self._writer.add(f"{stem}.cls", str(row["label"]).encode())
