@@ -25,6 +25,8 @@ from typing import Any, TypedDict
 import pyarrow as pa
 
 from .fetcher.options import FetchOptions
+from .records import known_fields
+from .transform.options import TransformOptions
 
 # --- row statuses ----------------------------------------------------------------------------
 
@@ -49,6 +51,17 @@ class Status:
     BLOCKED_ADDRESS = "blocked_address"
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
+    # The transform stage (``ldawt.daemon.transform``):
+    TOO_SMALL = "too_small"
+    """Shorter side below ``min_image_size``."""
+    IMAGE_TOO_LARGE = "image_too_large"
+    """More pixels than ``max_image_area``, or than the decompression-bomb limit."""
+    BAD_ASPECT = "bad_aspect"
+    """Longer side / shorter side above ``max_aspect_ratio``."""
+    DECODE_ERROR = "decode_error"
+    """Not decodable: unreadable header, truncated or corrupt data, unsupported format."""
+    HASH_MISMATCH = "hash_mismatch"
+    """The downloaded bytes do not have the hash the input's ``--verify-hash-col`` gives."""
 
 
 NAMED_HTTP_CODES = (400, 401, 403, 404, 410, 429, 500, 502, 503, 504)
@@ -70,6 +83,11 @@ FAILURES = (
     Status.BLOCKED_ADDRESS,
     Status.CANCELLED,
     Status.INTERNAL_ERROR,
+    Status.TOO_SMALL,
+    Status.IMAGE_TOO_LARGE,
+    Status.BAD_ASPECT,
+    Status.DECODE_ERROR,
+    Status.HASH_MISMATCH,
 )
 ALL_STATUSES = (*SUCCESSES, *FAILURES)
 
@@ -89,6 +107,9 @@ INPUT_COLUMNS = ("row", "url", "class", "key", "label")
 DUPLICATE_OF = "dup_of"
 """Optional input column: the job-wide row number of the row in the same shard that fetches this
 row's URL. Such a row is not fetched; its manifest row points at the original's outcome."""
+EXPECTED_HASH = "expected_hash"
+"""Optional input column: the hex SHA-256 (64 digits) or MD5 (32) the downloaded bytes must
+have; a row whose bytes differ is ``hash_mismatch``."""
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -107,6 +128,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("elapsed_ms", pa.float32()),
         ("member", pa.string()),
         ("duplicate_of", pa.int64()),  # the row whose download this row shares
+        ("width", pa.int32()),  # the stored image's size
+        ("height", pa.int32()),
+        ("orig_width", pa.int32()),  # the downloaded image's size, upright
+        ("orig_height", pa.int32()),
+        ("stored_bytes", pa.int64()),  # the stored image's size in bytes (bytes: downloaded)
     ]
 )
 """A manifest's columns, followed by the passthrough columns (``manifest_column``)."""
@@ -209,6 +235,9 @@ class ShardSpec:
     passthrough: tuple[str, ...] = ()
     """Input columns copied into the manifest (``manifest_column`` names them there)."""
     fetch: FetchOptions = field(default_factory=FetchOptions)
+    transform: TransformOptions = field(default_factory=TransformOptions)
+    """What the stored images are: the originals (the default) or resized, re-encoded and
+    filtered ones."""
     deadline_s: float = 3600.0
     """The shard's own deadline: past it, unfinished rows are ``cancelled`` and it commits."""
 
@@ -224,12 +253,9 @@ class ShardSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ShardSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown shard spec field(s) {unknown}; known: {sorted(known)}")
-        fields = dict(values)
+        fields = known_fields(cls, values, "shard spec field")
         fields["fetch"] = FetchOptions.from_dict(fields.get("fetch") or {})
+        fields["transform"] = TransformOptions.from_dict(fields.get("transform") or {})
         fields["passthrough"] = tuple(fields.get("passthrough") or ())
         return cls(**fields)
 

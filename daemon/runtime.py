@@ -1,5 +1,6 @@
-"""The warm state of one daemon process: a uvloop event loop in its own thread and one Fetcher
-(one aiohttp connection pool) per set of pool options, kept across shards.
+"""The warm state of one daemon process: a uvloop event loop in its own thread, one Fetcher
+(one aiohttp connection pool) per set of pool options, and a pool of threads for pixel work
+(decoding, resizing and encoding release the GIL), kept across shards.
 
 The local engine's worker processes and the TaskVine library process both hold one runtime;
 ``get_runtime`` creates it on first use and then always returns the same one.
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from . import metrics
 from .fetcher.fetch import Fetcher
 from .fetcher.options import FetchOptions
+from .worker.resources import detect_cores
 
 T = TypeVar("T")
 
@@ -56,6 +58,9 @@ class DaemonRuntime:
             target=self.loop.run_forever, name="ldawt-loop", daemon=True
         )
         self._thread.start()
+        self.pixels = concurrent.futures.ThreadPoolExecutor(
+            detect_cores(), thread_name_prefix="ldawt-pixels"
+        )
         metrics.mark_library_start()
 
     def call(
@@ -90,6 +95,7 @@ class DaemonRuntime:
         asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=30)
+        self.pixels.shutdown(cancel_futures=True)
 
 
 _runtime: DaemonRuntime | None = None

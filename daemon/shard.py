@@ -9,9 +9,11 @@ library process together with its warm state.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import time
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pyarrow.parquet as pq
 from . import metrics
 from .contract import (
     DUPLICATE_OF,
+    EXPECTED_HASH,
     INPUT_COLUMNS,
     ProgressCallback,
     ProgressDelta,
@@ -34,8 +37,22 @@ from .packer.manifest import write_manifest, write_stats
 from .packer.members import MemberPacker
 from .packer.tarwriter import TarWriter
 from .runtime import get_runtime
+from .transform.options import TransformOptions
+from .transform.stage import TransformResult, transform
+from .transform.verify import hash_mismatch
 
 PROGRESS_INTERVAL_S = 1.0
+# What a duplicate row shares with the row that fetched its URL.
+SHARED_WITH_DUPLICATES = (
+    "sha256",
+    "content_type",
+    "member",
+    "width",
+    "height",
+    "orig_width",
+    "orig_height",
+    "stored_bytes",
+)
 # Time granted after the shard's own deadline to cancel downloads and commit what is done.
 COMMIT_GRACE_S = 120.0
 
@@ -48,8 +65,9 @@ def run_shard(
     started = time.monotonic()
     try:
         shard = spec if isinstance(spec, ShardSpec) else ShardSpec.from_dict(spec)
-        return get_runtime().call(
-            lambda fetcher: process_shard(shard, fetcher, progress),
+        runtime = get_runtime()
+        return runtime.call(
+            lambda fetcher: process_shard(shard, fetcher, runtime.pixels, progress),
             shard.fetch,
             timeout=shard.deadline_s + COMMIT_GRACE_S,
         )
@@ -99,15 +117,17 @@ class _Tally:
 
 
 async def process_shard(
-    spec: ShardSpec, fetcher: Fetcher, progress: ProgressCallback | None
+    spec: ShardSpec, fetcher: Fetcher, pixels: Executor, progress: ProgressCallback | None
 ) -> ShardResult:
-    """The shard on the daemon's loop. Raises on shard-level failure (run_shard reports it)."""
+    """The shard on the daemon's loop, its pixel work on ``pixels``. Raises on shard-level
+    failure (run_shard reports it)."""
     started_wall, started = time.time(), time.monotonic()
     metrics.SHARDS_STARTED.inc()
     metrics.LIBRARY_CALLS.inc()
     table = await asyncio.to_thread(pq.read_table, spec.input_path)
     has_duplicates = DUPLICATE_OF in table.column_names
-    rows = table.select([*INPUT_COLUMNS, *([DUPLICATE_OF] if has_duplicates else [])]).to_pylist()
+    optional = [c for c in (DUPLICATE_OF, EXPECTED_HASH) if c in table.column_names]
+    rows = table.select([*INPUT_COLUMNS, *optional]).to_pylist()
     duplicates = _duplicates(rows) if has_duplicates else {}
     passthrough = table.select(list(spec.passthrough)) if spec.passthrough else None
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
@@ -129,7 +149,7 @@ async def process_shard(
                 download = await fetcher.fetch(row["url"], spec.fetch)
                 outcome = _manifest_row(row, download)
                 if download.status == Status.OK:
-                    _pack(packer, fetcher, row, download, outcome)
+                    await _store(spec, row, download, outcome, fetcher, pixels, packer)
                 outcomes[index] = outcome
                 tally.add(outcome, download)
 
@@ -185,18 +205,63 @@ async def process_shard(
     return result
 
 
-def _pack(
-    packer: MemberPacker,
-    fetcher: Fetcher,
+async def _store(
+    spec: ShardSpec,
     row: dict[str, Any],
     download: Download,
     outcome: dict[str, Any],
+    fetcher: Fetcher,
+    pixels: Executor,
+    packer: MemberPacker,
 ) -> None:
-    """Hand the downloaded image to the packer; its bytes go back to the fetcher's budget once
-    they are in the tar."""
-    assert download.body is not None and download.extension is not None
-    packer.add(row, download.body, download.extension, outcome, lambda: fetcher.release(download))
+    """Check, transform (or only measure) and pack one downloaded image. A refused image
+    changes the row's status. The downloaded bytes stay charged to the fetcher's budget until
+    they are in the tar, so images waiting for the transform count too."""
+    body = download.body
+    assert body is not None
+    expected = row.get(EXPECTED_HASH)
+    try:
+        if spec.transform.active or expected:
+            loop = asyncio.get_running_loop()
+            image, sha256 = await loop.run_in_executor(
+                pixels, _image_stage, body, spec.transform, expected
+            )
+        else:  # originals as they are: the header alone, microseconds
+            image, sha256 = transform(body, spec.transform), None
+    except BaseException:
+        fetcher.release(download)
+        raise
+    outcome.update(
+        width=image.width,
+        height=image.height,
+        orig_width=image.orig_width,
+        orig_height=image.orig_height,
+    )
+    if not image.ok:
+        outcome.update(status=image.status, error=image.detail)
+        fetcher.release(download)
+        return
+    assert image.data is not None
+    outcome["stored_bytes"] = len(image.data)
+    if sha256 is not None:
+        outcome["sha256"] = sha256
+    extension = image.extension or download.extension or "bin"
+    packer.add(row, image.data, extension, outcome, lambda: fetcher.release(download))
     download.body = None  # the writer holds the bytes now
+
+
+def _image_stage(
+    body: bytes, options: TransformOptions, expected: str | None
+) -> tuple[TransformResult, str | None]:
+    """Off the loop: the expected-hash check, then the transform. Returns the result and, when
+    the stored bytes are not the downloaded ones, the downloaded bytes' sha256 (the manifest's
+    ``sha256`` is always theirs)."""
+    if expected:
+        mismatch = hash_mismatch(body, expected)
+        if mismatch is not None:
+            return TransformResult(Status.HASH_MISMATCH, mismatch), None
+    image = transform(body, options)
+    return image, hashlib.sha256(body).hexdigest() if image.reencoded else None
 
 
 def _manifest_row(
@@ -242,9 +307,7 @@ def _duplicate_row(row: dict[str, Any], original: dict[str, Any]) -> dict[str, A
         http_status=original.get("http_status"),
         error=None if fetched else f"same URL as row {original['row']}: {original.get('error')}",
         attempts=0,
-        sha256=original.get("sha256"),
-        content_type=original.get("content_type"),
-        member=original.get("member"),
+        **{k: original.get(k) for k in SHARED_WITH_DUPLICATES},
     )
     return outcome
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from ldawt.daemon.contract import FetchOptions
+from ldawt.daemon.contract import FetchOptions, TransformOptions
+from ldawt.daemon.transform.options import ENCODE_FORMATS, RESIZE_MODES
 
 from . import demo, metrics, report
 from .argtypes import at_least
@@ -46,6 +47,10 @@ SHOW_EXIT_HELP = (
 # SQLite's result codes for a file that is not (or no longer) a database.
 DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 DEFAULTS = FetchOptions()
+TRANSFORM_DEFAULTS = TransformOptions()
+# The zlib level for --encode-format png when --encode-quality is not given (img2dataset has
+# none: its default quality, 95, is refused for png).
+PNG_COMPRESSION = 6
 LATEST_RUN_DEFAULT = "default: as in the job's latest run)"
 PLAN_DEFAULTS = PlanOptions()
 
@@ -112,6 +117,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
 
+    _add_image_options(parser)
     _add_fetch_options(parser)
 
     job = parser.add_argument_group("job")
@@ -122,6 +128,101 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "and start over (default: off, such a job is refused)",
     )
     _add_run_options(parser)
+
+
+def _add_image_options(parser: argparse.ArgumentParser) -> None:
+    """What the stored images are: originals, or resized, re-encoded and filtered (img2dataset's
+    option names and meanings)."""
+    images = parser.add_argument_group(
+        "images (default: the original bytes; checks and filters read the header only)"
+    )
+    images.add_argument(
+        "--resize-mode",
+        choices=RESIZE_MODES,
+        default=TRANSFORM_DEFAULTS.resize_mode,
+        help="no = store originals byte for byte; border = fit the longer side to --image-size "
+        "and pad to a white square; keep_ratio = fit the shorter side; keep_ratio_largest = fit "
+        "the longer side; center_crop = fit the shorter side and crop the centre square "
+        "(default: %(default)s)",
+    )
+    images.add_argument(
+        "--image-size",
+        type=at_least(1),
+        default=TRANSFORM_DEFAULTS.image_size,
+        help="target size in pixels for --resize-mode (default: %(default)s)",
+    )
+    images.add_argument(
+        "--resize-only-if-bigger",
+        action="store_true",
+        help="leave images not larger than --image-size as they are (default: off)",
+    )
+    images.add_argument(
+        "--encode-format",
+        choices=ENCODE_FORMATS,
+        default=TRANSFORM_DEFAULTS.encode_format,
+        help="format of re-encoded images (default: %(default)s)",
+    )
+    images.add_argument(
+        "--encode-quality",
+        type=int,
+        default=None,
+        help="quality of re-encoded jpg and webp images (0-100), or for png the zlib "
+        f"compression level (0-9) (default: {TRANSFORM_DEFAULTS.encode_quality} for jpg and "
+        f"webp, {PNG_COMPRESSION} for png)",
+    )
+    images.add_argument(
+        "--skip-reencode",
+        action="store_true",
+        help="keep the original bytes when nothing is resized and the image already is in "
+        "--encode-format (default: off)",
+    )
+    images.add_argument(
+        "--min-image-size",
+        type=at_least(0),
+        default=TRANSFORM_DEFAULTS.min_image_size,
+        help="refuse images whose shorter side is smaller, status too_small (default: %(default)s)",
+    )
+    images.add_argument(
+        "--max-image-area",
+        type=at_least(1),
+        default=None,
+        help="refuse images of more pixels, status image_too_large (default: no limit but the "
+        "decompression-bomb guard)",
+    )
+    images.add_argument(
+        "--max-aspect-ratio",
+        type=float,
+        default=None,
+        help="refuse images whose longer side / shorter side is larger, status bad_aspect "
+        "(default: no limit)",
+    )
+    images.add_argument(
+        "--verify-hash-col",
+        help="input column of the expected SHA-256 or MD5 (hex) of each image's downloaded "
+        "bytes; a mismatch is status hash_mismatch (default: none)",
+    )
+
+
+def transform_options(args: argparse.Namespace) -> TransformOptions:
+    quality = args.encode_quality
+    if quality is None:
+        quality = (
+            PNG_COMPRESSION if args.encode_format == "png" else TRANSFORM_DEFAULTS.encode_quality
+        )
+    try:
+        return TransformOptions(
+            resize_mode=args.resize_mode,
+            image_size=args.image_size,
+            resize_only_if_bigger=args.resize_only_if_bigger,
+            encode_format=args.encode_format,
+            encode_quality=quality,
+            skip_reencode=args.skip_reencode,
+            min_image_size=args.min_image_size,
+            max_image_area=args.max_image_area,
+            max_aspect_ratio=args.max_aspect_ratio,
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _add_fetch_options(parser: argparse.ArgumentParser, of_latest_run: bool = False) -> None:
@@ -274,6 +375,7 @@ def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobReques
         compress=args.compress,
         deadline_s=args.deadline,
         fetch=fetch_options(args),
+        transform=transform_options(args),
     )
     return JobRequest(
         input_path,
@@ -285,6 +387,7 @@ def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobReques
         plan,
         args.force_new,
         args.shard_retries,
+        args.verify_hash_col,
     )
 
 

@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ldawt.daemon.contract import EXPECTED_HASH
+
 from .errors import InputError
 
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv")
@@ -31,18 +33,31 @@ class ColumnMap:
     class_: str | None
     key: str | None
     passthrough: tuple[str, ...] = ()
+    verify_hash: str | None = None
+    """The column of expected hashes (``--verify-hash-col``), carried as ``EXPECTED_HASH``."""
 
     def wanted(self) -> list[str]:
-        names = [self.url, self.class_, self.key, *self.passthrough]
+        names = [self.url, self.class_, self.key, *self.passthrough, self.verify_hash]
         return list(dict.fromkeys(n for n in names if n))
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        mapping: dict[str, object] = {
             "url": self.url,
             "class": self.class_,
             "key": self.key,
             "passthrough": list(self.passthrough),
         }
+        if self.verify_hash:  # only when set: jobs planned before it existed resume
+            mapping["verify_hash"] = self.verify_hash
+        return mapping
+
+
+def carried_columns(columns: dict[str, object]) -> tuple[str, ...]:
+    """The shard input columns a job's manifests carry (a recorded ``ColumnMap.to_dict()``):
+    the passthrough columns, and the expected hashes when they are verified, so that
+    ``retry-failed`` verifies retried rows too."""
+    passthrough = tuple(columns.get("passthrough") or ())  # type: ignore[call-overload]
+    return (*passthrough, EXPECTED_HASH) if columns.get("verify_hash") else passthrough
 
 
 def list_input_files(path: Path) -> list[Path]:
@@ -108,6 +123,7 @@ def resolve_columns(
     class_: str | None,
     key: str | None,
     passthrough: tuple[str, ...] = (),
+    verify_hash: str | None = None,
 ) -> ColumnMap:
     """Check the requested columns exist, or pick the defaults; errors list what exists."""
     present = list(schema.names)
@@ -131,7 +147,11 @@ def resolve_columns(
     )
     for name in passthrough:
         require(name, "passthrough")
-    return ColumnMap(url_col, class_col, key_col, tuple(passthrough))
+        if name == EXPECTED_HASH and verify_hash:
+            raise InputError(f"--passthrough {name} clashes with --verify-hash-col's column")
+    if verify_hash:
+        require(verify_hash, "--verify-hash-col")
+    return ColumnMap(url_col, class_col, key_col, tuple(passthrough), verify_hash)
 
 
 def _require_text(schema: pa.Schema, url_col: str) -> None:
@@ -228,5 +248,8 @@ def shard_tables(
             for name in columns.passthrough:
                 arrays.append(batch.column(name))
                 names.append(name)
+            if columns.verify_hash:
+                arrays.append(batch.column(columns.verify_hash).cast(pa.string()))
+                names.append(EXPECTED_HASH)
             yield pa.Table.from_arrays(arrays, names=names)
             next_row += n

@@ -21,7 +21,7 @@ from typing import Any
 from ldawt.daemon.contract import FetchOptions, ShardFiles, ShardSpec, write_text_atomically
 
 from .errors import InputError
-from .inputs import ColumnMap
+from .inputs import ColumnMap, carried_columns
 from .ledger import RESERVE_SUFFIX, Ledger, ShardRecord
 from .plan import PlanOptions
 
@@ -167,12 +167,12 @@ class JobSettings:
                 f"the job in {ledger.path.parent.parent} was never fully planned; "
                 "rerun its submit command"
             )
-        options = PlanOptions(
-            **identity["options"],
+        options = PlanOptions.from_shaping(
+            identity["options"],
             deadline_s=run["deadline_s"],
             fetch=FetchOptions.from_dict(run["fetch"]),
         )
-        return cls(options, tuple(identity["columns"]["passthrough"]))
+        return cls(options, carried_columns(identity["columns"]))
 
     def run_meta(self) -> dict[str, Any]:
         """What a run may change from the previous one, kept in the ledger for the next."""
@@ -204,6 +204,7 @@ class JobRun:
             compress=options.compress,
             passthrough=self.settings.passthrough,
             fetch=options.fetch,
+            transform=options.transform,
             deadline_s=options.deadline_s,
         )
 

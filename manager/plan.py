@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from ldawt.daemon.contract import DUPLICATE_OF, INPUT_COLUMNS, FetchOptions
+from ldawt.daemon.contract import DUPLICATE_OF, INPUT_COLUMNS, FetchOptions, TransformOptions
 
 from .errors import InputError
 from .inputs import UNKNOWN_CLASS, blank_mask
@@ -61,16 +61,29 @@ class PlanOptions:
     compress: bool = False
     deadline_s: float = 3600.0
     fetch: FetchOptions = field(default_factory=FetchOptions)
+    transform: TransformOptions = field(default_factory=TransformOptions)
 
     def shaping(self) -> dict[str, Any]:
-        """The options that decide which rows go where and how outputs look; a job keeps them."""
-        return {
+        """The options that decide which rows go where and how outputs look; a job keeps them.
+        The transform appears only when it is not the default, so jobs planned before it
+        existed resume."""
+        shaping: dict[str, Any] = {
             "shard_size": self.shard_size,
             "strategy": self.strategy,
             "groups": self.groups,
             "layout": self.layout,
             "compress": self.compress,
         }
+        if self.transform != TransformOptions():
+            shaping["transform"] = self.transform.to_dict()
+        return shaping
+
+    @classmethod
+    def from_shaping(cls, shaping: dict[str, Any], **run: Any) -> PlanOptions:
+        """The options a job recorded (``shaping()``), with ``run``'s (fetch, deadline_s)."""
+        values = dict(shaping, **run)
+        values["transform"] = TransformOptions.from_dict(values.get("transform") or {})
+        return cls(**values)
 
 
 @dataclass(frozen=True)

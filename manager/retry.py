@@ -98,7 +98,9 @@ def plan_retry(run: JobRun, statuses: frozenset[str]) -> tuple[int, int]:
     round_ = 1 + max((s.round for s in ledger.shards()), default=0)
     counts = ledger.status_counts()
     expected = sum(n for status, n in counts.items() if status in statuses)
-    writer = ShardWriter(job.shard_dir, job.spill_dir, PlanOptions(**shaping), f"r{round_}-")
+    writer = ShardWriter(
+        job.shard_dir, job.spill_dir, PlanOptions.from_shaping(shaping), f"r{round_}-"
+    )
     shards = writer.write(_failed_rows(run, statuses), expected)
     replaces = {}
     for shard in shards:

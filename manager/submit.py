@@ -21,6 +21,7 @@ from .errors import EXIT_JOB_FAILED, EXIT_OK, InputError
 from .inputs import (
     ClassLabels,
     ColumnMap,
+    carried_columns,
     check_files,
     estimate_rows,
     list_input_files,
@@ -48,6 +49,7 @@ class JobRequest:
     plan: PlanOptions
     force_new: bool = False
     shard_retries: int = 2
+    verify_hash_col: str | None = None
 
 
 def prepare_output(out: Path) -> None:
@@ -70,6 +72,7 @@ def run_job(request: JobRequest, engine: Engine) -> int:
         request.class_col,
         request.key_col,
         request.passthrough,
+        request.verify_hash_col,
     )
     check_files(files, columns)
     prepare_output(request.out)
@@ -78,7 +81,8 @@ def run_job(request: JobRequest, engine: Engine) -> int:
     with job.lock():
         ledger = _resume_or_replace(job, job.open_ledger(), identity, request.force_new)
         with ledger:
-            run = JobRun(job, ledger, JobSettings(request.plan, columns.passthrough))
+            settings = JobSettings(request.plan, carried_columns(columns.to_dict()))
+            run = JobRun(job, ledger, settings)
             if ledger.meta("identity") is None:
                 plan(run, files, columns, identity)
             recover_interrupted(run)

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..records import known_fields
+
 USER_AGENT = "ldawt/0.1 (image dataset downloader)"
 
 
@@ -41,11 +43,7 @@ class FetchOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FetchOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown fetch option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return cls(**known_fields(cls, values, "fetch option"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

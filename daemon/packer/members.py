@@ -10,6 +10,9 @@ from typing import Any
 from .names import MemberNamer
 from .tarwriter import TarWriter
 
+SIZE_FIELDS = ("width", "height", "orig_width", "orig_height")
+"""The image sizes a webdataset ``.json`` carries, as the manifest does."""
+
 
 class MemberPacker:
     """Names a row's members and queues them for the tar writer thread."""
@@ -28,19 +31,21 @@ class MemberPacker:
         released: Callable[[], None],
     ) -> None:
         """Queue ``image`` for ``row``; the writer thread sets ``outcome["sha256"]`` once the
-        image is in the tar, and calls ``released()`` once it is done with the bytes, written
-        or not. Sets ``outcome["member"]`` now."""
+        image is in the tar (unless the outcome has one: the hash of downloaded bytes that were
+        transformed), and calls ``released()`` once it is done with the bytes, written or not.
+        Sets ``outcome["member"]`` now."""
         stem = self._namer.stem(row["class"], row["key"])
         member = f"{stem}.{extension}"
         outcome["member"] = member
 
         def done(sha256: str | None) -> None:  # on the writer thread
             if sha256 is not None:
-                outcome["sha256"] = sha256
+                outcome.setdefault("sha256", sha256)
             released()
 
         self._writer.add(member, image, done)
         if self._webdataset:
             meta = {k: row[k] for k in ("key", "url", "class", "label")}
+            meta.update({k: outcome.get(k) for k in SIZE_FIELDS})
             self._writer.add(f"{stem}.json", json.dumps(meta, ensure_ascii=False).encode())
             self._writer.add(f"{stem}.cls", str(row["label"]).encode())
