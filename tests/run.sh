@@ -28,8 +28,10 @@ fi
 .venv/bin/ruff format --check .
 
 # Exit status 5 means "no tests collected": fine when extra arguments filtered everything out.
+# Three pytest processes: most host tests wait on servers and subprocesses, not on the 2 cores
+# (85 s instead of 140 s here).
 rc=0
-.venv/bin/python -m pytest -q -m "not taskvine" "$@" || rc=$?
+.venv/bin/python -m pytest -q -n 3 -m "not taskvine" "$@" || rc=$?
 if ((rc == 5 && $# > 0)); then
     echo "run.sh: no host tests matched the given arguments" >&2
 elif ((rc != 0)); then
