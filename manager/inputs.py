@@ -147,8 +147,12 @@ def resolve_columns(
     )
     for name in passthrough:
         require(name, "passthrough")
-        if name == EXPECTED_HASH and verify_hash:
-            raise InputError(f"--passthrough {name} clashes with --verify-hash-col's column")
+        if name == EXPECTED_HASH:  # the shards would check every row against it
+            raise InputError(
+                f"--passthrough {name} clashes with the shard input column of "
+                "--verify-hash-col's hashes; to verify the images against it, pass "
+                f"--verify-hash-col {name} instead"
+            )
     if verify_hash:
         require(verify_hash, "--verify-hash-col")
     return ColumnMap(url_col, class_col, key_col, tuple(passthrough), verify_hash)

@@ -76,8 +76,11 @@ class JobIdentity:
             if before[path] != now[path]:
                 found.append(f"input {path} changed (size or modification time)")
         for section in ("columns", "options"):
-            for key, value in self.to_dict()[section].items():
-                old = recorded[section].get(key)
+            current, kept = self.to_dict()[section], recorded[section]
+            # keys of either side: a key recorded only when set (transform, verify_hash) may be
+            # absent from this one
+            for key in dict.fromkeys([*current, *kept]):
+                old, value = kept.get(key), current.get(key)
                 if old != value:
                     found.append(f"{section[:-1]} {key}: {old!r} -> {value!r}")
         return found

@@ -1,6 +1,7 @@
 """`ldawt-manager status` (from the ledger and the job's lock, instant: whether a manager runs
 the job now) and `ldawt-manager report` (reads every committed manifest: outcomes by status, host
-and class, throughput, slow hosts)."""
+and class, rows the image checks refused, the sizes of the stored images, throughput, slow
+hosts)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ldawt.daemon.contract import SUCCESSES, Status
 
@@ -29,6 +31,21 @@ DAY_S = 86400
 RESUME_HINT = "rerun the same submit command to resume"
 _HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]+)"
 NO_HOST = "(no host)"
+IMAGE_CHECKS = {
+    Status.TOO_SMALL: "shorter side below --min-image-size",
+    Status.IMAGE_TOO_LARGE: "more pixels than --max-image-area or the decompression-bomb limit",
+    Status.BAD_ASPECT: "longer / shorter side above --max-aspect-ratio",
+    Status.DECODE_ERROR: "could not be decoded",
+    Status.HASH_MISMATCH: "not the bytes --verify-hash-col names",
+}
+"""The statuses of downloaded images the image stage refused, and what each means."""
+SIZE_COLUMNS = ("width", "height", "stored_bytes")
+"""Manifest columns of the stored images' sizes; manifests written before them lack them."""
+LONGER_SIDE_BOUNDS = (64, 128, 256, 512, 1024, 2048, 4096)
+"""Upper bounds (px) of the buckets of the stored images' longer side; the last is open."""
+SIGNIFICANT_DIGITS = 4
+"""Size distributions count values to this many significant digits (exact below 10,000), so
+their memory stays small whatever the job's size; minimum and maximum are exact."""
 
 
 def busy_seconds(shards: list[ShardRecord]) -> float:
@@ -174,6 +191,8 @@ def report(run: JobRun) -> dict[str, Any]:
             "top": [{"class": c, "images": n} for c, n in ranked[:TOP]],
             "bottom": [{"class": c, "images": n} for c, n in ranked[-TOP:][::-1]],
         },
+        "filtered": _filtered(by_status),
+        "stored_images": stored_images(run),
         "throughput": _throughput(done),
         "slowest_hosts": [
             {"host": host, "mean_ms": total / n, "images": n}
@@ -199,6 +218,120 @@ def _failures_by_host(host_status: dict[str, Counter[str]]) -> list[dict[str, An
                 }
             )
     return sorted(failing, key=lambda item: (-item["failed"], item["host"]))[: TOP * 2]
+
+
+def _filtered(by_status: Counter[str]) -> dict[str, Any]:
+    """Rows the image stage refused (filters, undecodable images, hash mismatches), by status
+    (most first; a duplicate of a refused row counts too, as in ``by_status``)."""
+    counts = Counter({s: by_status[s] for s in IMAGE_CHECKS if by_status[s]})
+    return {"rows": sum(counts.values()), "by_status": dict(counts.most_common())}
+
+
+class Distribution:
+    """Counts of non-negative integers to ``SIGNIFICANT_DIGITS`` significant digits, with the
+    exact minimum and maximum; nearest-rank percentiles."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.low: int | None = None
+        self.high: int | None = None
+
+    def add(self, values: pa.Array | pa.ChunkedArray) -> None:
+        values = pc.drop_null(values)
+        if not len(values):
+            return
+        extremes = pc.min_max(values).as_py()
+        self.low = extremes["min"] if self.low is None else min(self.low, extremes["min"])
+        self.high = extremes["max"] if self.high is None else max(self.high, extremes["max"])
+        for item in pc.value_counts(_significant(values)).to_pylist():
+            self.counts[item["values"]] += item["counts"]
+
+    def percentile(self, share: float) -> int | None:
+        """The smallest value at least ``share`` of the values are not above."""
+        total = sum(self.counts.values())
+        if self.low is None or self.high is None or not total:
+            return None
+        rank, seen = max(1, math.ceil(share * total)), 0
+        for value in sorted(self.counts):
+            seen += self.counts[value]
+            if seen >= rank:  # a rounded value may pass the exact extremes
+                return min(max(value, self.low), self.high)
+        raise AssertionError("unreachable: the counts add up to the total")
+
+    def summary(self) -> dict[str, int | None]:
+        return {
+            "min": self.low,
+            "median": self.percentile(0.5),
+            "p95": self.percentile(0.95),
+            "max": self.high,
+        }
+
+
+def _significant(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    as_float = pc.cast(values, pa.float64())
+    digits = pc.floor(pc.log10(pc.max_element_wise(as_float, 1.0)))
+    scale = pc.power(10.0, pc.max_element_wise(pc.subtract(digits, SIGNIFICANT_DIGITS - 1), 0.0))
+    return pc.cast(pc.multiply(pc.round(pc.divide(as_float, scale)), scale), pa.int64())
+
+
+def stored_images(run: JobRun) -> dict[str, Any] | None:
+    """The sizes of the stored images (rows ``ok``) from the manifests' size columns: count,
+    min / median / p95 / max of width, height and stored bytes, and the longer side in
+    buckets. None when no committed manifest has the columns (written by an ldawt before
+    them); ``not_recorded`` counts the images of manifests without them.
+
+    Every manifest is read as it is: an ``ok`` row is never run again (retry rounds take
+    failures only), so no later round replaces it."""
+    widths, heights, stored = Distribution(), Distribution(), Distribution()
+    longer_side = [0] * (len(LONGER_SIDE_BOUNDS) + 1)
+    images = unmeasured = not_recorded = stored_total = downloaded_total = 0
+    recorded = False
+    for shard in run.ledger.shards([DONE]):
+        path = run.files(shard.shard_id).manifest
+        if not set(SIZE_COLUMNS) <= set(pq.read_schema(path).names):
+            not_recorded += shard.counts.get(Status.OK, 0)
+            continue
+        recorded = True
+        table = pq.read_table(path, columns=["status", "bytes", *SIZE_COLUMNS])
+        table = table.filter(pc.equal(table.column("status"), Status.OK))
+        if not table.num_rows:
+            continue
+        images += table.num_rows
+        stored_total += pc.sum(table.column("stored_bytes")).as_py() or 0
+        downloaded_total += pc.sum(table.column("bytes")).as_py() or 0
+        stored.add(table.column("stored_bytes"))
+        measured = table.filter(
+            pc.and_(pc.is_valid(table.column("width")), pc.is_valid(table.column("height")))
+        )
+        unmeasured += table.num_rows - measured.num_rows
+        widths.add(measured.column("width"))
+        heights.add(measured.column("height"))
+        longer = pc.max_element_wise(measured.column("width"), measured.column("height"))
+        below = 0
+        for index, bound in enumerate(LONGER_SIDE_BOUNDS):
+            within = pc.sum(pc.less_equal(longer, bound)).as_py() or 0
+            longer_side[index] += within - below
+            below = within
+        longer_side[-1] += measured.num_rows - below
+    if not recorded:
+        return None
+    lows = (1, *(bound + 1 for bound in LONGER_SIDE_BOUNDS))
+    highs = (*LONGER_SIDE_BOUNDS, None)
+    return {
+        "images": images,
+        "unmeasured": unmeasured,
+        "not_recorded": not_recorded,
+        "stored_bytes_total": stored_total,
+        "downloaded_bytes_total": downloaded_total,
+        "width": widths.summary(),
+        "height": heights.summary(),
+        "stored_bytes": stored.summary(),
+        "longer_side": [
+            {"min": low, "max": high, "images": n}
+            for low, high, n in zip(lows, highs, longer_side, strict=True)
+            if n
+        ],
+    }
 
 
 def bucket_width(start: float, end: float, most: int = THROUGHPUT_BUCKETS) -> tuple[float, int]:
@@ -309,6 +442,13 @@ def format_report(figures: dict[str, Any]) -> str:
         "by status:",
         *(f"  {status:<16} {n:>12,}" for status, n in figures["by_status"].items()),
     ]
+    filtered = figures["filtered"]
+    if filtered["rows"]:
+        lines += ["", f"refused by the image checks: {filtered['rows']:,} rows"]
+        lines += [
+            f"  {status:<16} {n:>12,}  {IMAGE_CHECKS[status]}"
+            for status, n in filtered["by_status"].items()
+        ]
     if figures["failures_by_host"]:
         lines += ["", "failures by host:"]
         for item in figures["failures_by_host"]:
@@ -321,6 +461,7 @@ def format_report(figures: dict[str, Any]) -> str:
     lines += [f"  {c['images']:>10,}  {c['class']}" for c in classes["top"]]
     lines += ["fewest images:"]
     lines += [f"  {c['images']:>10,}  {c['class']}" for c in classes["bottom"]]
+    lines += _stored_lines(figures["stored_images"])
     if figures["slowest_hosts"]:
         lines += ["", "slowest hosts (mean time per image):"]
         lines += [
@@ -337,3 +478,36 @@ def format_report(figures: dict[str, Any]) -> str:
             for b in figures["throughput"]
         ]
     return "\n".join(lines)
+
+
+def _stored_lines(stored: dict[str, Any] | None) -> list[str]:
+    """The stored images' sizes; nothing when no manifest records them."""
+    if stored is None or not (stored["images"] or stored["not_recorded"]):
+        return []
+    lines = [
+        "",
+        f"stored images: {stored['images']:,}, {stored['stored_bytes_total'] / 1e6:,.1f} MB "
+        f"stored of {stored['downloaded_bytes_total'] / 1e6:,.1f} MB downloaded",
+    ]
+    if stored["unmeasured"]:
+        lines.append(f"  {stored['unmeasured']:,} stored as downloaded without a readable size")
+    if stored["not_recorded"]:
+        lines.append(
+            f"  {stored['not_recorded']:,} more in manifests written before ldawt recorded sizes"
+        )
+    if not stored["images"]:
+        return lines
+    lines.append(f"  {'':<14}{'min':>10}{'median':>10}{'p95':>10}{'max':>10}")
+    for name, label in (("width", "width px"), ("height", "height px"), ("stored_bytes", "bytes")):
+        figures = stored[name]
+        if figures["min"] is not None:
+            values = [figures[k] for k in ("min", "median", "p95", "max")]
+            lines.append(f"  {label:<14}" + "".join(f"{v:>10,}" for v in values))
+    measured = sum(b["images"] for b in stored["longer_side"])
+    if measured:
+        lines.append("  longer side:")
+        for bucket in stored["longer_side"]:
+            low, high, n = bucket["min"], bucket["max"], bucket["images"]
+            span = f"{low:,}-{high:,} px" if high else f"over {low - 1:,} px"
+            lines.append(f"    {span:<16}{n:>10,}  {100 * n / measured:5.1f}%")
+    return lines
