@@ -470,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_cmd = commands.add_parser(
         "report",
-        help="totals, failures by status and host, classes, throughput, slowest hosts",
+        help="totals, failures by status and host, refused images, stored sizes, classes, "
+        "throughput, slowest hosts",
         description="Read every committed manifest of DIR and summarise the job.",
         epilog=SHOW_EXIT_HELP,
     )
