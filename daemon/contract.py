@@ -110,6 +110,12 @@ row's URL. Such a row is not fetched; its manifest row points at the original's 
 EXPECTED_HASH = "expected_hash"
 """Optional input column: the hex SHA-256 (64 digits) or MD5 (32) the downloaded bytes must
 have; a row whose bytes differ is ``hash_mismatch``."""
+RETRY_ROUND = "retry_round"
+"""Optional input column of a ``retry-failed`` shard: its round (1 for the first retry round),
+copied into the manifest column of the same name (0 for the job's first shards). An outcome
+supersedes the outcomes of the same ``row`` in lower rounds, so the manifests alone say which
+outcome of each input row is its latest. Manifests written before this column existed lack it:
+their round is the ledger's."""
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -133,6 +139,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("orig_width", pa.int32()),  # the downloaded image's size, upright
         ("orig_height", pa.int32()),
         ("stored_bytes", pa.int64()),  # the stored image's size in bytes (bytes: downloaded)
+        (RETRY_ROUND, pa.int32()),  # 0, or the retry round of this outcome (the highest wins)
     ]
 )
 """A manifest's columns, followed by the passthrough columns (``manifest_column``)."""

@@ -24,6 +24,7 @@ from .contract import (
     DUPLICATE_OF,
     EXPECTED_HASH,
     INPUT_COLUMNS,
+    RETRY_ROUND,
     ProgressCallback,
     ProgressDelta,
     ShardResult,
@@ -127,6 +128,8 @@ async def process_shard(
     table = await asyncio.to_thread(pq.read_table, spec.input_path)
     has_duplicates = DUPLICATE_OF in table.column_names
     optional = [c for c in (DUPLICATE_OF, EXPECTED_HASH) if c in table.column_names]
+    if RETRY_ROUND in table.column_names and RETRY_ROUND not in spec.passthrough:
+        optional.append(RETRY_ROUND)
     rows = table.select([*INPUT_COLUMNS, *optional]).to_pylist()
     duplicates = _duplicates(rows) if has_duplicates else {}
     passthrough = table.select(list(spec.passthrough)) if spec.passthrough else None
@@ -274,6 +277,7 @@ def _manifest_row(
         "class": row["class"],
         "label": row["label"],
         "status": status or (download.status if download else Status.INTERNAL_ERROR),
+        RETRY_ROUND: row.get(RETRY_ROUND) or 0,
     }
     if download is not None:
         outcome.update(

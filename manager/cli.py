@@ -22,15 +22,16 @@ import pyarrow as pa
 from ldawt.daemon.contract import FetchOptions, TransformOptions
 from ldawt.daemon.transform.options import ENCODE_FORMATS, RESIZE_MODES
 
-from . import demo, metrics, report
+from . import demo, estimate, index, metrics, report
 from .argtypes import at_least
 from .config import apply_config
 from .console import command_logging, configure_logging
 from .engines import add_engine_options, make_engine
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError, LdawtError
+from .formats import FORMATS, InputSource
 from .job import JOB_SUBDIR, Job, JobRun, JobSettings, ldawt_version
 from .plan import STRATEGIES, PlanOptions
-from .retry import TRANSIENT, open_job, parse_statuses, retry_failed
+from .retry import TRANSIENT, parse_statuses, retry_failed
 from .submit import JobRequest, prepare_output, run_job
 
 # Named, not __name__: run as `python -m ldawt.manager.cli`, this module is __main__, whose
@@ -60,6 +61,14 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument_group("input").add_argument(
+        "--input-format",
+        choices=FORMATS,
+        help="read every input file as this format, whatever its name; compression (gzip, "
+        "bzip2, zstd) is still recognised by the file's first bytes (default: from each file's "
+        "name: .parquet/.pq, .csv, .tsv, .txt (one URL per line), .json (array of objects), "
+        ".jsonl/.ndjson, each optionally + .gz, .bz2 or .zst)",
+    )
     cols = parser.add_argument_group("columns")
     cols.add_argument("--url-col", help="URL column (default: photo_url)")
     cols.add_argument(
@@ -366,7 +375,7 @@ def fetch_options(args: argparse.Namespace, base: FetchOptions = DEFAULTS) -> Fe
     return dataclasses.replace(base, **given)
 
 
-def _request(args: argparse.Namespace, input_path: Path, out: Path) -> JobRequest:
+def _request(args: argparse.Namespace, input_path: InputSource | Path, out: Path) -> JobRequest:
     plan = PlanOptions(
         shard_size=args.shard_size,
         strategy=args.strategy,
@@ -409,9 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "input",
-        type=Path,
         nargs="?",
-        help="a parquet or CSV file, or a folder of them (config key: parquets_directory)",
+        help="a table file (parquet, CSV, TSV, text, JSON, JSON Lines; plain or .gz/.bz2/.zst) "
+        "or a folder of them, local or at an fsspec URL (s3://, gs://, https://, file://) "
+        "(config key: parquets_directory)",
     )
     submit.add_argument(
         "--out", type=Path, help="output folder (no default: required here or in --config)"
@@ -428,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_cmd.add_argument(
         "--input",
-        type=Path,
-        help="a real URL list (a parquet or CSV file, or a folder of them) whose first --rows "
+        help="a real URL list (a table file or a folder of them, local or at a URL, as for "
+        "submit) whose first --rows "
         "rows are pointed at the origin (default: a synthetic list)",
     )
     demo_cmd.add_argument(
@@ -479,6 +489,38 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.add_argument(
         "--json", action="store_true", help="print JSON instead of text (default: off)"
     )
+
+    index_cmd = commands.add_parser(
+        "index",
+        help="rebuild DIR/index.parquet: every input row once, with its latest outcome",
+        description="Rebuild DIR/index.parquet from the job's manifests: one row per input row "
+        "with its latest outcome (retries replace earlier failures; rows of shards not done yet "
+        "say pending). submit and retry-failed bring it up to date at their end; this rebuilds "
+        "it after a crash, or for jobs made before it existed. Checks the shard files against "
+        "the ledger first, as submit does.",
+        epilog="exit status: 0 when the index was written; 2 when DIR holds no job, its files "
+        "cannot be read or another ldawt-manager is running it.",
+    )
+    index_cmd.add_argument("dir", type=Path, help="the job's output folder")
+
+    estimate_cmd = commands.add_parser(
+        "estimate",
+        help="estimate a job's bytes, failures and time from the headers of a sample of INPUT",
+        description=estimate.DESCRIPTION,
+        epilog=estimate.EXIT_HELP,
+    )
+    estimate_cmd.add_argument(
+        "input", help="a table file or a folder of them, local or at an fsspec URL, as for submit"
+    )
+    estimate_cmd.add_argument(
+        "--input-format",
+        choices=FORMATS,
+        help="read every input file as this format, as submit does (default: from each file's "
+        "name)",
+    )
+    estimate_cmd.add_argument("--url-col", help="URL column (default: photo_url)")
+    estimate.add_arguments(estimate_cmd)
+    _add_fetch_options(estimate_cmd)
     for command in commands.choices.values():
         _add_output_options(command)
     return parser
@@ -556,7 +598,8 @@ def _ledger_problem(exc: sqlite3.DatabaseError, args: argparse.Namespace | None)
 
 
 def _submit(args: argparse.Namespace) -> int:
-    return run_job(_request(args, args.input, args.out), make_engine(args))
+    source = InputSource(args.input, args.input_format, args.url_col)
+    return run_job(_request(args, source, args.out), make_engine(args))
 
 
 def _retry_failed(args: argparse.Namespace) -> int:
@@ -567,7 +610,7 @@ def _retry_failed(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    job = open_job(args.dir)
+    job = Job.existing(args.dir)
     with job.open_ledger() as ledger:
         if args.command == "status":
             text = report.format_status(job, report.status(ledger))
@@ -614,11 +657,12 @@ def _demo(args: argparse.Namespace) -> int:
     args.allow_private = True
     args.force_new = True  # the origin's port, hence every URL, is new each time
     url_col = args.url_col or "photo_url"
-    if args.input is not None:
-        demo.check_input(args.input, url_col)
+    source = None if args.input is None else InputSource(args.input, args.input_format, url_col)
+    if source is not None:
+        demo.check_input(source, url_col)
     engine = make_engine(args)
     with demo.serve_in_background(demo.demo_app()) as port:
-        demo.rewrite_hosts(args.input, args.rows, port, url_col, listing)
+        demo.rewrite_hosts(source, args.rows, port, url_col, listing)
         log.info(
             f"demo: origin on 127.0.0.1:{port}, {args.rows:,} rows from "
             f"{args.input or 'a synthetic list'}"
@@ -628,12 +672,31 @@ def _demo(args: argparse.Namespace) -> int:
     return status
 
 
+def _index(args: argparse.Namespace) -> int:
+    index.rebuild_index(args.dir)
+    return EXIT_OK
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    source = InputSource(args.input, args.input_format, args.url_col)
+    request = estimate.EstimateRequest(
+        source, args.url_col, args.sample, args.seed, args.rate, args.top, fetch_options(args)
+    )
+    figures = estimate.estimate(request)
+    text = json.dumps(figures, indent=2) if args.json else estimate.format_estimate(figures)
+    with _default_sigpipe():
+        print(text, flush=True)
+    return EXIT_OK
+
+
 COMMANDS = {
     "submit": _submit,
     "retry-failed": _retry_failed,
     "status": _show,
     "report": _show,
     "demo": _demo,
+    "estimate": _estimate,
+    "index": _index,
 }
 
 

@@ -20,6 +20,8 @@ from .errors import InputError
 from .images import make_jpeg
 from .inputs import (
     ColumnMap,
+    InputFile,
+    InputSource,
     check_files,
     iter_batches,
     list_input_files,
@@ -120,9 +122,10 @@ def check_folder(out: Path, listing: Path) -> None:
         )
 
 
-def check_input(source: Path, url_col: str) -> list[Path]:
-    """The table files of a real URL list (a parquet or CSV file, or a folder of them), each
-    with a text ``url_col``; an ``InputError`` says what is wrong otherwise."""
+def check_input(source: InputSource | Path, url_col: str) -> list[InputFile]:
+    """The table files of a real URL list (a table file or a folder of them, local or at a
+    URL, in any format ``inputs`` reads), each with a text ``url_col``; an ``InputError`` says
+    what is wrong otherwise."""
     files = list_input_files(source)
     schema = read_schema(files[0])
     resolve_columns(schema, url_col, None, None)
@@ -130,7 +133,7 @@ def check_input(source: Path, url_col: str) -> list[Path]:
     return files
 
 
-def _first_rows(source: Path, rows: int, url_col: str) -> pa.Table:
+def _first_rows(source: InputSource | Path, rows: int, url_col: str) -> pa.Table:
     files = check_input(source, url_col)
     names = read_schema(files[0]).names
     tables: list[pa.Table] = []
@@ -152,7 +155,7 @@ def _first_rows(source: Path, rows: int, url_col: str) -> pa.Table:
 
 
 def rewrite_hosts(
-    source: Path | None, rows: int, port: int, url_col: str, destination: Path
+    source: InputSource | Path | None, rows: int, port: int, url_col: str, destination: Path
 ) -> Path:
     """Copy the first ``rows`` rows of ``source`` with URL hosts pointed at the demo origin, or
     synthesise a list when there is no source."""

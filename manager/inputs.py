@@ -1,5 +1,6 @@
-"""Reading URL tables: one parquet or CSV file or a folder of them, in streaming batches, and
-mapping their columns onto the shard columns row / url / class / key / label."""
+"""Reading URL tables: one file or a folder of them, local or at a URL, in any of the formats
+of ``formats`` (parquet, CSV, TSV, text, JSON, JSON Lines; plain or compressed), in streaming
+batches, and mapping their columns onto the shard columns row / url / class / key / label."""
 
 from __future__ import annotations
 
@@ -10,21 +11,16 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from ldawt.daemon.contract import EXPECTED_HASH
 
+from . import formats
 from .errors import InputError
+from .formats import URL_DEFAULT, InputFile, InputSource
 
-TABLE_SUFFIXES = (".parquet", ".pq", ".csv")
-URL_DEFAULT = "photo_url"
 CLASS_CANDIDATES = ("taxon_name", "species_name", "class", "label", "name")
 KEY_CANDIDATES = ("photo_id", "key", "id")
 UNKNOWN_CLASS = "unknown"
-BATCH_ROWS = 65_536
-# Rows per CSV byte, for sizing the planner's partitions only.
-CSV_BYTES_PER_ROW = 64
 
 
 @dataclass(frozen=True)
@@ -60,61 +56,29 @@ def carried_columns(columns: dict[str, object]) -> tuple[str, ...]:
     return (*passthrough, EXPECTED_HASH) if columns.get("verify_hash") else passthrough
 
 
-def list_input_files(path: Path) -> list[Path]:
-    """The table files named by ``path``: the file itself, or a folder's tables, sorted."""
-    if not path.exists():
-        raise InputError(f"input {path} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
-        if not files:
-            raise InputError(f"folder {path} holds no {'/'.join(TABLE_SUFFIXES)} files")
-        return files
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise InputError(f"{path} is not a parquet or CSV file (by its name)")
-    return [path]
+def list_input_files(source: InputSource | str | Path) -> list[InputFile]:
+    """The table files named by ``source`` (a path or URL, or an ``InputSource`` with
+    ``--input-format``): the file itself, or a folder's tables, sorted."""
+    return formats.list_files(source)
 
 
-def _is_csv(path: Path) -> bool:
-    return path.suffix.lower() == ".csv"
+def _as_file(file: InputFile | Path) -> InputFile:
+    """Callers may still pass a local path of a table named as such."""
+    return file if isinstance(file, InputFile) else formats.list_files(file)[0]
 
 
-def read_schema(path: Path) -> pa.Schema:
-    try:
-        if path.stat().st_size == 0:
-            raise InputError(f"{path} is empty (0 bytes)")
-        if _is_csv(path):
-            with pacsv.open_csv(path) as reader:
-                return reader.schema
-        return pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"cannot read {path} as a table: {exc}") from exc
+def read_schema(file: InputFile | Path) -> pa.Schema:
+    return formats.read_schema(_as_file(file))
 
 
-def estimate_rows(files: list[Path]) -> int:
-    """Exact for parquet (its footer), a guess from the size for CSV."""
-    total = 0
-    for path in files:
-        if _is_csv(path):
-            total += path.stat().st_size // CSV_BYTES_PER_ROW
-        else:
-            total += pq.ParquetFile(path).metadata.num_rows
-    return total
+def estimate_rows(files: list[InputFile]) -> int:
+    """Exact for parquet (its footer), a guess from the size for the others."""
+    return sum(formats.estimate_rows(_as_file(file)) for file in files)
 
 
-def iter_batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The chosen columns of ``path`` in batches; memory does not grow with the file."""
-    try:
-        if _is_csv(path):
-            # Column types are inferred from the first block only: read URLs and names as text.
-            convert = pacsv.ConvertOptions(
-                include_columns=columns, column_types=dict.fromkeys(columns, pa.string())
-            )
-            with pacsv.open_csv(path, convert_options=convert) as reader:
-                yield from reader
-        else:
-            yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
+def iter_batches(file: InputFile | Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The chosen columns of ``file`` in batches; memory does not grow with the file."""
+    return formats.iter_batches(_as_file(file), columns)
 
 
 def resolve_columns(
@@ -161,20 +125,22 @@ def resolve_columns(
 def _require_text(schema: pa.Schema, url_col: str) -> None:
     url_type = schema.field(url_col).type
     if not (pa.types.is_string(url_type) or pa.types.is_large_string(url_type)):
-        raise InputError(f"URL column {url_col!r} holds {url_type}, not text URLs")
+        # a text table's column is binary when its first rows are not UTF-8
+        hint = " (text that is not UTF-8?)" if pa.types.is_binary(url_type) else ""
+        raise InputError(f"URL column {url_col!r} holds {url_type}, not text URLs{hint}")
 
 
-def check_files(files: list[Path], columns: ColumnMap) -> None:
+def check_files(files: list[InputFile], columns: ColumnMap) -> None:
     """Every file must hold the mapped columns (the first file chose them)."""
-    for path in files:
-        schema = read_schema(path)
+    for file in map(_as_file, files):
+        schema = read_schema(file)
         missing = [name for name in columns.wanted() if name not in schema.names]
         if missing:
             raise InputError(
-                f"{path} lacks column(s) {', '.join(missing)}; the columns present are: "
+                f"{file} lacks column(s) {', '.join(missing)}; the columns present are: "
                 f"{', '.join(schema.names)}"
             )
-        if not _is_csv(path):
+        if file.format == "parquet":  # the other formats' columns are read as text
             _require_text(schema, columns.url)
 
 
@@ -213,13 +179,13 @@ def blank_mask(values: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def shard_tables(
-    files: list[Path], columns: ColumnMap, class_labels: ClassLabels
+    files: list[InputFile], columns: ColumnMap, class_labels: ClassLabels
 ) -> Iterator[pa.Table]:
     """Input batches converted to the shard columns (``row url class key label`` and the
     passthrough columns), in input order; ``row`` numbers rows across all files."""
     next_row = 0
-    for path in files:
-        for batch in iter_batches(path, columns.wanted()):
+    for file in files:
+        for batch in iter_batches(file, columns.wanted()):
             n = batch.num_rows
             numbers = range(next_row, next_row + n)
             urls = batch.column(columns.url).cast(pa.string())

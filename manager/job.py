@@ -21,7 +21,7 @@ from typing import Any
 from ldawt.daemon.contract import FetchOptions, ShardFiles, ShardSpec, write_text_atomically
 
 from .errors import InputError
-from .inputs import ColumnMap, carried_columns
+from .inputs import ColumnMap, InputFile, carried_columns, list_input_files
 from .ledger import RESERVE_SUFFIX, Ledger, ShardRecord
 from .plan import PlanOptions
 
@@ -38,14 +38,14 @@ def ldawt_version() -> str:
         return "unknown"
 
 
-def describe_inputs(files: list[Path]) -> list[dict[str, Any]]:
-    described = []
-    for path in files:
-        info = path.stat()
-        described.append(
-            {"path": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
-        )
-    return described
+def describe_inputs(files: list[InputFile]) -> list[dict[str, Any]]:
+    """Each input's path (or URL), size and modification time (for a remote input: what its
+    filesystem says, size with ETag and modification time when given); see
+    ``InputFile.describe``."""
+    return [
+        (file if isinstance(file, InputFile) else list_input_files(file)[0]).describe()
+        for file in files
+    ]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class JobIdentity:
         return {"inputs": self.inputs, "columns": self.columns, "options": self.options}
 
     @classmethod
-    def of(cls, files: list[Path], columns: ColumnMap, options: PlanOptions) -> JobIdentity:
+    def of(cls, files: list[InputFile], columns: ColumnMap, options: PlanOptions) -> JobIdentity:
         return cls(describe_inputs(files), columns.to_dict(), options.shaping())
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
@@ -95,9 +95,18 @@ class Job:
         self.ledger_path = self.folder / LEDGER_NAME
         self.description_path = self.folder / "job.json"
         self.lock_path = self.folder / "manager.lock"
+        self.index_path = self.out / "index.parquet"
 
     def exists(self) -> bool:
         return self.ledger_path.exists()
+
+    @classmethod
+    def existing(cls, out: Path) -> Job:
+        """The job in ``out``; an error when there is none."""
+        job = cls(out)
+        if not job.exists():
+            raise InputError(f"{out} holds no ldawt job (no {job.ledger_path})")
+        return job
 
     def open_ledger(self) -> Ledger:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -222,3 +231,4 @@ class JobRun:
         shutil.rmtree(job.shard_dir, ignore_errors=True)
         shutil.rmtree(job.spill_dir, ignore_errors=True)
         job.description_path.unlink(missing_ok=True)
+        job.index_path.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ killed) are adopted after checking their tar; everything else loses its leftover
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import tarfile
@@ -23,6 +24,8 @@ from .job import JOB_ENV, Job, JobRun
 from .ledger import DONE, RUNNING, Committed, Ledger, ShardRecord
 
 ORPHAN_EXIT_TIMEOUT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class NotCommitted(Exception):
@@ -91,6 +94,17 @@ def stop_orphans(job: Job) -> list[int]:
             continue
     psutil.wait_procs(orphans, timeout=ORPHAN_EXIT_TIMEOUT_S)
     return [p.pid for p in orphans]
+
+
+def recover_interrupted(run: JobRun) -> None:
+    """Before running: stop what a killed manager left running, then make the ledger and the
+    output folder agree."""
+    orphans = stop_orphans(run.job)
+    if orphans:
+        log.warning(
+            f"stopped {len(orphans)} worker process(es) a killed manager of this job left running"
+        )
+    reconcile(run)
 
 
 def reconcile(run: JobRun) -> None:

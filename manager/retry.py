@@ -14,7 +14,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ldawt.daemon.contract import FAILURES, HTTP_STATUSES, FetchOptions, Status, manifest_column
+from ldawt.daemon.contract import (
+    FAILURES,
+    HTTP_STATUSES,
+    RETRY_ROUND,
+    FetchOptions,
+    Status,
+    manifest_column,
+)
 
 from .engines import Engine
 from .errors import InputError
@@ -22,7 +29,8 @@ from .job import Job, JobRun, JobSettings
 from .ledger import DONE
 from .manifests import latest_outcomes
 from .plan import PlanOptions, ShardWriter
-from .submit import execute, recover_interrupted
+from .reconcile import recover_interrupted
+from .submit import execute
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +73,9 @@ def parse_statuses(text: str | None) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def _failed_rows(run: JobRun, statuses: frozenset[str]) -> Iterator[pa.Table]:
+def _failed_rows(run: JobRun, statuses: frozenset[str], round_: int) -> Iterator[pa.Table]:
+    """The rows to retry, as shard input columns, each marked with ``round_`` (its manifest row
+    then says that it supersedes the row's earlier outcomes)."""
     in_flight = pa.array(sorted(_rows_in_unfinished_retries(run)), pa.int64())
     passthrough = list(run.settings.passthrough)
     stored = [manifest_column(c) for c in passthrough]
@@ -77,9 +87,12 @@ def _failed_rows(run: JobRun, statuses: frozenset[str]) -> Iterator[pa.Table]:
             mask = pc.and_(mask, pc.invert(pc.is_in(table.column("row"), value_set=in_flight)))
         table = table.filter(mask)
         if table.num_rows:
-            yield table.select(
+            table = table.select(
                 ["row", "url", "class", "key", "label", *stored, "status"]
             ).rename_columns(["row", "url", "class", "key", "label", *passthrough, PREVIOUS_STATUS])
+            yield table.append_column(
+                RETRY_ROUND, pa.repeat(pa.scalar(round_, pa.int32()), len(table))
+            )
 
 
 def _rows_in_unfinished_retries(run: JobRun) -> set[int]:
@@ -101,7 +114,7 @@ def plan_retry(run: JobRun, statuses: frozenset[str]) -> tuple[int, int]:
     writer = ShardWriter(
         job.shard_dir, job.spill_dir, PlanOptions.from_shaping(shaping), f"r{round_}-"
     )
-    shards = writer.write(_failed_rows(run, statuses), expected)
+    shards = writer.write(_failed_rows(run, statuses, round_), expected)
     replaces = {}
     for shard in shards:
         previous = pq.read_table(shard.input_path, columns=[PREVIOUS_STATUS]).column(0)
@@ -115,13 +128,6 @@ def plan_retry(run: JobRun, statuses: frozenset[str]) -> tuple[int, int]:
     return writer.stats.rows, len(shards)
 
 
-def open_job(out: Path) -> Job:
-    job = Job(out)
-    if not job.exists():
-        raise InputError(f"{out} holds no ldawt job (no {job.ledger_path})")
-    return job
-
-
 def retry_failed(
     out: Path,
     statuses: frozenset[str],
@@ -131,7 +137,7 @@ def retry_failed(
 ) -> int:
     """Plan a round of the rows whose latest outcome is one of ``statuses`` and run it, with
     the fetch options of the job's latest run as ``adjust_fetch`` changes them."""
-    job = open_job(out)
+    job = Job.existing(out)
     with job.lock(), job.open_ledger() as ledger:
         settings = JobSettings.load(ledger)
         options = settings.options

@@ -18,6 +18,8 @@ from ldawt.daemon.contract import SUCCESSES, FetchOptions, Status
 from .console import ProgressDisplay, format_duration
 from .engines import Engine
 from .errors import EXIT_JOB_FAILED, EXIT_OK, InputError
+from .formats import InputFile, InputSource
+from .index import update_index
 from .inputs import (
     ClassLabels,
     ColumnMap,
@@ -32,7 +34,7 @@ from .inputs import (
 from .job import Job, JobIdentity, JobRun, JobSettings
 from .ledger import DONE, Ledger
 from .plan import PlanOptions, ShardWriter
-from .reconcile import reconcile, stop_orphans
+from .reconcile import recover_interrupted
 from .runner import run_pending
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobRequest:
-    input: Path
+    input: InputSource | Path
     out: Path
     url_col: str | None
     class_col: str | None
@@ -89,17 +91,6 @@ def run_job(request: JobRequest, engine: Engine) -> int:
             return execute(run, engine, request.shard_retries)
 
 
-def recover_interrupted(run: JobRun) -> None:
-    """Before running: stop what a killed manager left running, then make the ledger and the
-    output folder agree."""
-    orphans = stop_orphans(run.job)
-    if orphans:
-        log.warning(
-            "stopped %d worker process(es) a killed manager of this job left running", len(orphans)
-        )
-    reconcile(run)
-
-
 def _resume_or_replace(job: Job, ledger: Ledger, identity: JobIdentity, force_new: bool) -> Ledger:
     recorded = ledger.meta("identity")
     if recorded is None:
@@ -121,7 +112,7 @@ def _resume_or_replace(job: Job, ledger: Ledger, identity: JobIdentity, force_ne
     return job.open_ledger()
 
 
-def plan(run: JobRun, files: list[Path], columns: ColumnMap, identity: JobIdentity) -> None:
+def plan(run: JobRun, files: list[InputFile], columns: ColumnMap, identity: JobIdentity) -> None:
     """Write the shard inputs and record them, with the job's identity, in one transaction."""
     log.info(
         f"planning {len(files)} input file(s); url={columns.url} "
@@ -155,8 +146,8 @@ def plan(run: JobRun, files: list[Path], columns: ColumnMap, identity: JobIdenti
 
 
 def execute(run: JobRun, engine: Engine, shard_retries: int) -> int:
-    """Run what is unfinished (after ``recover_interrupted``) and summarise; returns the exit
-    status."""
+    """Run what is unfinished (after ``recover_interrupted``), bring the job's index up to date
+    and summarise; returns the exit status."""
     ledger = run.ledger
     ledger.set_meta(run.settings.run_meta())
     shards = ledger.shards()
@@ -172,6 +163,7 @@ def execute(run: JobRun, engine: Engine, shard_retries: int) -> int:
     started = time.monotonic()
     with progress:
         finished = run_pending(run, engine, progress, shard_retries)
+    update_index(run)  # also after failed shards: what is committed, the rest pending
     for line in format_summary(ledger, time.monotonic() - started):
         log.info(line)
     for hint in failure_hints(ledger.status_counts(), run.settings.options.fetch, run.job.out):

@@ -15,6 +15,7 @@ MANAGER_USES_FROM_DAEMON = {
     "ldawt.daemon.transform.options",  # the choices of the contract's transform options
     "ldawt.daemon.shard",  # the local engine runs shards in its own processes
     "ldawt.daemon.library",  # the TaskVine engine installs the library
+    "ldawt.daemon.fetcher.probe",  # estimate's header-only requests, under a job's limits
     "ldawt.daemon.worker.resources",  # sizing local TaskVine workers and local processes
     "ldawt.daemon.metrics",  # one registry and endpoint helper for both sides
 }

@@ -28,10 +28,10 @@ def test_a_file_that_is_no_table(tmp_path: Path, capsys):
 
 
 def test_a_file_named_as_no_table(tmp_path: Path, capsys):
-    source = tmp_path / "photos.txt"
+    source = tmp_path / "photos.xlsx"
     source.write_text("photo_url\nhttp://h/1.jpg\n")
     status, err = _submit(capsys, source, tmp_path / "out")
-    assert status == 2 and "is not a parquet or CSV file" in err
+    assert status == 2 and f"cannot tell the format of {source} from its name" in err
 
 
 def test_an_empty_file(tmp_path: Path, capsys):

@@ -123,7 +123,7 @@ def test_many_files_csv_and_parquet_with_passthrough_and_null_classes(tmp_path: 
     folder.joinpath("b.csv").write_text(
         "photo_url,taxon_name,license\nhttp://h/3.jpg,,cc0\nhttp://h/1.jpg,y,cc-by\n"
     )
-    folder.joinpath("notes.txt").write_text("not a table")
+    folder.joinpath("notes.md").write_text("not a table")
     stats, _, tables = _plan(tmp_path / "job", folder, PlanOptions(), passthrough=["license"])
     rows = pa.concat_tables(tables).to_pylist()
     assert [(r["row"], r["class"], r["license"], r["dup_of"]) for r in rows] == [
