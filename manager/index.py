@@ -45,7 +45,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ldawt.daemon.contract import RETRY_ROUND, manifest_column, write_atomically
+from ldawt.daemon.contract import (
+    INPUT_COLUMNS,
+    MANIFEST_SCHEMA,
+    RETRY_ROUND,
+    manifest_column,
+    write_atomically,
+)
 
 from .errors import InputError
 from .job import Job, JobRun, JobSettings
@@ -56,25 +62,15 @@ log = logging.getLogger(__name__)
 
 PENDING = "pending"
 """The status of a row whose shard has not committed yet (index only, never in a manifest)."""
+_FROM_MANIFESTS = ("row", "key", "url", "class", "label", "status", "http_status", "error")
 INDEX_SCHEMA = pa.schema(
     [
-        ("row", pa.int64()),
-        ("key", pa.string()),
-        ("url", pa.string()),
-        ("class", pa.string()),
-        ("label", pa.int64()),
-        ("status", pa.string()),
-        ("http_status", pa.int32()),
-        ("error", pa.string()),
+        *(MANIFEST_SCHEMA.field(name) for name in _FROM_MANIFESTS),
         ("shard", pa.string()),
-        ("member", pa.string()),
-        ("sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
+        *(MANIFEST_SCHEMA.field(name) for name in ("member", "sha256", "width", "height")),
     ]
 )
 """The index's columns, followed by the passthrough columns (``index_column``)."""
-INPUT_FIELDS = ("row", "url", "class", "key", "label")  # what a pending row has
 ROW_GROUP_ROWS = 128 * 1024
 FINGERPRINT_KEY = b"ldawt.index.source"
 FORMAT_VERSION = 1
@@ -287,7 +283,9 @@ def _outcomes(run: JobRun, shard: ShardRecord, schema: pa.Schema) -> pa.Table:
 def _pending(run: JobRun, shard: ShardRecord, schema: pa.Schema) -> pa.Table:
     """An uncommitted shard's input rows as index rows, status ``pending``."""
     given = {index_column(c): c for c in run.settings.passthrough}
-    wanted = {name: given.get(name, name) for name in (*INPUT_FIELDS, *given)}
+    wanted = {
+        name: given.get(name, name) for name in (*INPUT_COLUMNS, *given)
+    }  # what a pending row has
     table = _read(run.job.out / shard.input_path, wanted.values())
     status = pa.repeat(pa.scalar(PENDING), table.num_rows)
     return _conform(
