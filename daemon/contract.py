@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from .fetcher.options import FetchOptions
 from .records import known_fields
+from .storage import RemotePath, is_url
 from .transform.options import TransformOptions
 
 # --- row statuses ----------------------------------------------------------------------------
@@ -161,15 +162,24 @@ def partial_path(final: Path) -> Path:
 
 @dataclass(frozen=True)
 class ShardFiles:
-    """A shard's output files, in commit order (tar, manifest, stats)."""
+    """A shard's output files, in commit order (tar, manifest, stats): local ``Path``s, or
+    ``storage.RemotePath``s when the output folder is a URL (``s3://bucket/prefix``)."""
 
     tar: Path
     manifest: Path
     stats: Path
 
     @classmethod
-    def of(cls, output_dir: str | Path, shard_id: str, compress: bool) -> ShardFiles:
-        folder = Path(output_dir)
+    def of(
+        cls,
+        output_dir: str | Path,
+        shard_id: str,
+        compress: bool,
+        storage_options: dict[str, Any] | None = None,
+    ) -> ShardFiles:
+        folder: Any = Path(output_dir)
+        if is_url(output_dir):
+            folder = RemotePath.of(str(output_dir), storage_options)
         suffix = ".tar.gz" if compress else ".tar"
         return cls(
             folder / f"{shard_id}{suffix}",
@@ -184,7 +194,8 @@ class ShardFiles:
         """Delete the shard's output files, finished or partial."""
         for path in self:
             path.unlink(missing_ok=True)
-            partial_path(path).unlink(missing_ok=True)
+            if isinstance(path, Path):  # an upload leaves no partial object
+                partial_path(path).unlink(missing_ok=True)
 
 
 def fsync_directory(path: Path) -> None:
@@ -234,6 +245,8 @@ class ShardSpec:
     input_path: str
     """A parquet file of ``INPUT_COLUMNS`` [+ ``DUPLICATE_OF``] + passthrough columns."""
     output_dir: str
+    """A local folder, or an fsspec URL (``s3://bucket/prefix``): the shard is then written to
+    a local temporary folder and its files uploaded in the commit order."""
     layout: str = "class"
     """"class": ``<class>/<key>.<ext>`` (ImageFolder); "webdataset": ``<key>.<ext>``,
     ``<key>.json``, ``<key>.cls``."""
@@ -247,10 +260,18 @@ class ShardSpec:
     filtered ones."""
     deadline_s: float = 3600.0
     """The shard's own deadline: past it, unfinished rows are ``cancelled`` and it commits."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options of a URL ``output_dir`` (endpoint, credentials, block size); empty: the
+    client's standard places (``AWS_*`` variables, profiles)."""
 
     @property
     def files(self) -> ShardFiles:
-        return ShardFiles.of(self.output_dir, self.shard_id, self.compress)
+        return ShardFiles.of(self.output_dir, self.shard_id, self.compress, self.storage_options)
+
+    @property
+    def remote(self) -> bool:
+        """The output folder is a URL."""
+        return is_url(self.output_dir)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON-able values (what a TaskVine FunctionCall carries)."""
@@ -264,6 +285,7 @@ class ShardSpec:
         fields["fetch"] = FetchOptions.from_dict(fields.get("fetch") or {})
         fields["transform"] = TransformOptions.from_dict(fields.get("transform") or {})
         fields["passthrough"] = tuple(fields.get("passthrough") or ())
+        fields["storage_options"] = dict(fields.get("storage_options") or {})
         return cls(**fields)
 
     def replace(self, **changes: Any) -> ShardSpec:

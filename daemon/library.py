@@ -20,6 +20,7 @@ from . import metrics
 from .contract import ShardResult, describe_exception, failure_result
 from .runtime import get_runtime
 from .shard import run_shard, shard_id_of
+from .storage import is_url
 
 METRICS_ADDRESS_ENV = "LDAWT_METRICS_ADDRESS"
 METRICS_PORT_ENV = "LDAWT_METRICS_PORT"
@@ -65,12 +66,15 @@ def ldawt_shard(spec: dict[str, Any]) -> ShardResult:
             library_context()
         local = dict(spec)
         for key in ("input_path", "output_dir"):
-            local[key] = os.path.abspath(local[key])
-        if local.pop(UNIQUE_OUTPUT, False):
+            if not is_url(local[key]):
+                local[key] = os.path.abspath(local[key])
+        remote = is_url(local["output_dir"])
+        if local.pop(UNIQUE_OUTPUT, False) and not remote:
             run = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
             local["output_dir"] = os.path.join(local["output_dir"], run)
         # The output folder is the call's declared output: it must exist even if the shard fails.
-        Path(local["output_dir"]).mkdir(parents=True, exist_ok=True)
+        if not remote:
+            Path(local["output_dir"]).mkdir(parents=True, exist_ok=True)
         result = run_shard(local)
         _state["calls"] += 1
         result.update(

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import socket
+import tempfile
 import time
 from concurrent.futures import Executor
 from pathlib import Path
@@ -38,6 +40,7 @@ from .packer.manifest import write_manifest, write_stats
 from .packer.members import MemberPacker
 from .packer.tarwriter import TarWriter
 from .runtime import get_runtime
+from .storage import upload
 from .transform.options import TransformOptions
 from .transform.stage import TransformResult, transform
 from .transform.verify import hash_mismatch
@@ -121,7 +124,39 @@ async def process_shard(
     spec: ShardSpec, fetcher: Fetcher, pixels: Executor, progress: ProgressCallback | None
 ) -> ShardResult:
     """The shard on the daemon's loop, its pixel work on ``pixels``. Raises on shard-level
-    failure (run_shard reports it)."""
+    failure (run_shard reports it). A shard whose output folder is a URL is written to a local
+    temporary folder (under ``TMPDIR``, else /tmp; removed after) and its files then uploaded in
+    the commit order, the stats file last."""
+    if not spec.remote:
+        return await _process_shard(spec, fetcher, pixels, progress)
+    staging = tempfile.mkdtemp(prefix=f"ldawt-{spec.shard_id}-")
+    try:
+        local = spec.replace(output_dir=staging, storage_options={})
+        return await _process_shard(local, fetcher, pixels, progress, spec.files)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+
+
+async def _publish(local: ShardSpec, remote: Any, result: ShardResult) -> None:
+    """Upload a committed local shard's tar and manifest to ``remote`` (its ``ShardFiles`` at a
+    URL), each whole or not at all, before the stats file is written."""
+    files = local.files
+    await asyncio.to_thread(upload, files.tar, remote.tar)
+    await asyncio.to_thread(upload, files.manifest, remote.manifest)
+    result.update(
+        tar_path=str(remote.tar), manifest_path=str(remote.manifest), stats_path=str(remote.stats)
+    )
+
+
+async def _process_shard(
+    spec: ShardSpec,
+    fetcher: Fetcher,
+    pixels: Executor,
+    progress: ProgressCallback | None,
+    remote: Any = None,
+) -> ShardResult:
+    """The shard written to ``spec.output_dir``; with ``remote`` (its files at a URL), uploaded
+    there in the commit order."""
     started_wall, started = time.time(), time.monotonic()
     metrics.SHARDS_STARTED.inc()
     metrics.LIBRARY_CALLS.inc()
@@ -202,7 +237,11 @@ async def process_shard(
         host=socket.gethostname(),
         pid=os.getpid(),
     )
+    if remote is not None:
+        await _publish(spec, remote, result)
     await asyncio.to_thread(write_stats, files.stats, result)
+    if remote is not None:  # last: the mark of a complete shard
+        await asyncio.to_thread(upload, files.stats, remote.stats)
     metrics.SHARDS_FINISHED.labels("done").inc()
     metrics.SHARD_DURATION.observe(elapsed)
     return result

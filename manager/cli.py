@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from ldawt.daemon.contract import FetchOptions, TransformOptions
+from ldawt.daemon.storage import is_url
 from ldawt.daemon.transform.options import ENCODE_FORMATS, RESIZE_MODES
 
 from . import demo, estimate, index, metrics, report
@@ -424,7 +425,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(config key: parquets_directory)",
     )
     submit.add_argument(
-        "--out", type=Path, help="output folder (no default: required here or in --config)"
+        "--out",
+        help="output folder, or an fsspec URL where workers upload the shard files "
+        "(s3://bucket/prefix, with pip install 'ldawt[s3]'; then --job-dir is needed) "
+        "(no default: required here or in --config)",
+    )
+    submit.add_argument(
+        "--job-dir",
+        type=Path,
+        help="with a URL --out: the local folder for the job (ledger, shard inputs, index); "
+        "status, report, retry-failed and index take this folder (no default: required with "
+        "a URL --out)",
+    )
+    submit.add_argument(
+        "--storage-options",
+        help="with a URL --out: fsspec options as JSON, e.g. "
+        '\'{"endpoint_url": "http://127.0.0.1:9000", "key": "...", "secret": "..."}\' '
+        "(default: the client's standard places: AWS_* variables, AWS_ENDPOINT_URL, profiles)",
     )
     _add_job_options(submit)
 
@@ -583,8 +600,14 @@ def _fail(message: str, status: int) -> int:
 def _ledger_problem(exc: sqlite3.DatabaseError, args: argparse.Namespace | None) -> str:
     """The message for an SQLite error, which only the job's ledger can raise: damaged (garbage
     bytes, truncated) or unusable (locked, unreadable folder). Other SQLite errors are bugs."""
-    out = None if args is None else getattr(args, "dir", None) or getattr(args, "out", None)
-    job = None if out is None else Job(out)
+    out = None
+    if args is not None:
+        out = (
+            getattr(args, "job_dir", None)
+            or getattr(args, "dir", None)
+            or getattr(args, "out", None)
+        )
+    job = None if out is None or is_url(out) else Job(Path(out))
     ledger = "the job's ledger" if job is None else f"the job's ledger {job.ledger_path}"
     if getattr(exc, "sqlite_errorcode", None) in DAMAGED_CODES:
         return (
@@ -599,7 +622,36 @@ def _ledger_problem(exc: sqlite3.DatabaseError, args: argparse.Namespace | None)
 
 def _submit(args: argparse.Namespace) -> int:
     source = InputSource(args.input, args.input_format, args.url_col)
-    return run_job(_request(args, source, args.out), make_engine(args))
+    folder, output, storage_options = _output_location(args)
+    request = dataclasses.replace(
+        _request(args, source, folder), output=output, storage_options=storage_options
+    )
+    return run_job(request, make_engine(args))
+
+
+def _output_location(args: argparse.Namespace) -> tuple[Path, str | None, dict[str, Any] | None]:
+    """submit's local job folder, shard output URL (or None) and storage options."""
+    options = None
+    if args.storage_options is not None:
+        try:
+            options = json.loads(args.storage_options)
+        except ValueError as exc:
+            raise InputError(f"--storage-options is not JSON: {exc}") from exc
+        if not isinstance(options, dict):
+            raise InputError("--storage-options must be a JSON object")
+    if not is_url(args.out):
+        if args.job_dir is not None or options is not None:
+            raise InputError(
+                "--job-dir and --storage-options are for an --out URL (s3://bucket/prefix); "
+                f"{args.out} is a local folder, which holds the job itself"
+            )
+        return Path(args.out), None, None
+    if args.job_dir is None:
+        raise InputError(
+            f"--out {args.out} is a URL: give --job-dir DIR, a local folder for the job's "
+            "ledger and shard inputs"
+        )
+    return args.job_dir, str(args.out), options
 
 
 def _retry_failed(args: argparse.Namespace) -> int:

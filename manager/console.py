@@ -77,6 +77,10 @@ class ConsoleHandler(logging.StreamHandler):
 _handler: ConsoleHandler | None = None
 
 
+# Libraries that log routine steps at INFO: shown from -vv only.
+CHATTY_LIBRARIES = ("botocore", "aiobotocore", "s3fs", "fsspec")
+
+
 def configure_logging(verbosity: int = 0, stream: TextIO | None = None) -> None:
     """Route log records to ``stream`` (stderr) through one ``ConsoleHandler``: warnings and
     errors only with ``verbosity`` < 0 (``--quiet``, which also hides the progress display),
@@ -92,6 +96,8 @@ def configure_logging(verbosity: int = 0, stream: TextIO | None = None) -> None:
         logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG
     )
     logging.getLogger(LOGGER).setLevel(logging.DEBUG if verbosity >= 1 else logging.NOTSET)
+    for name in CHATTY_LIBRARIES:  # e.g. botocore's "Found credentials in ..." at INFO
+        logging.getLogger(name).setLevel(logging.WARNING if verbosity < 2 else logging.NOTSET)
 
 
 @contextmanager

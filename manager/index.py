@@ -52,6 +52,7 @@ from ldawt.daemon.contract import (
     manifest_column,
     write_atomically,
 )
+from ldawt.daemon.storage import readable
 
 from .errors import InputError
 from .job import Job, JobRun, JobSettings
@@ -267,7 +268,7 @@ def _index_tables(run: JobRun, shards: list[ShardRecord], schema: pa.Schema) -> 
 
 def _read(path: Path, columns: Iterable[str]) -> pa.Table:
     """The ``columns`` of a parquet file that it has."""
-    file = pq.ParquetFile(path)
+    file = pq.ParquetFile(readable(path))
     present = set(file.schema_arrow.names)
     return file.read(columns=[c for c in columns if c in present])
 

@@ -27,6 +27,7 @@ from .plan import PlanOptions
 
 JOB_SUBDIR = "job"
 LEDGER_NAME = "ledger.sqlite"
+OUTPUT_NAME = "output.json"
 # Set in the manager's environment, so worker processes it spawns can be told apart later.
 JOB_ENV = "LDAWT_JOB"
 
@@ -87,7 +88,17 @@ class JobIdentity:
 
 
 class Job:
-    def __init__(self, out: Path) -> None:
+    """A job's local folder ``out`` (``out/job/``: description, shard inputs, ledger; the
+    index). Its shard files go into ``out`` too, or to ``output``, an fsspec URL
+    (``submit --out s3://... --job-dir OUT``), which ``out/job/output.json`` records for the
+    commands that take the folder alone (``status``, ``retry-failed``, ...)."""
+
+    def __init__(
+        self,
+        out: Path,
+        output: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         self.out = out.resolve()
         self.folder = self.out / JOB_SUBDIR
         self.shard_dir = self.folder / "shards"
@@ -96,6 +107,27 @@ class Job:
         self.description_path = self.folder / "job.json"
         self.lock_path = self.folder / "manager.lock"
         self.index_path = self.out / "index.parquet"
+        self.output_path = self.folder / OUTPUT_NAME
+        if output is None and self.output_path.exists():
+            recorded = json.loads(self.output_path.read_text())
+            output, storage_options = recorded["url"], recorded.get("storage_options")
+        self.output = output
+        """The URL of the shard files, or None: they are in ``out``."""
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+
+    @property
+    def shard_output(self) -> str:
+        """Where shard files go: the output URL or the local folder."""
+        return self.output or str(self.out)
+
+    def record_output(self) -> None:
+        """Keep the output URL (and its storage options, which may hold credentials: readable
+        by the owner only) for the commands that take the job folder alone."""
+        if self.output is None:
+            self.output_path.unlink(missing_ok=True)
+            return
+        record = {"url": self.output, "storage_options": self.storage_options}
+        write_text_atomically(self.output_path, json.dumps(record, indent=2) + "\n", mode=0o600)
 
     def exists(self) -> bool:
         return self.ledger_path.exists()
@@ -203,7 +235,10 @@ class JobRun:
     settings: JobSettings
 
     def files(self, shard_id: str) -> ShardFiles:
-        return ShardFiles.of(self.job.out, shard_id, self.settings.options.compress)
+        job = self.job
+        return ShardFiles.of(
+            job.shard_output, shard_id, self.settings.options.compress, job.storage_options
+        )
 
     def spec(self, shard: ShardRecord) -> ShardSpec:
         """The shard contract's spec for one ledger shard."""
@@ -211,13 +246,14 @@ class JobRun:
         return ShardSpec(
             shard_id=shard.shard_id,
             input_path=str(self.job.out / shard.input_path),
-            output_dir=str(self.job.out),
+            output_dir=self.job.shard_output,
             layout=options.layout,
             compress=options.compress,
             passthrough=self.settings.passthrough,
             fetch=options.fetch,
             transform=options.transform,
             deadline_s=options.deadline_s,
+            storage_options=self.job.storage_options,
         )
 
     def discard(self) -> None:

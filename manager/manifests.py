@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ldawt.daemon.storage import readable
+
 from .job import JobRun
 from .ledger import DONE
 
@@ -26,7 +28,7 @@ def latest_outcomes(run: JobRun, columns: list[str]) -> Iterator[pa.Table]:
     for shard in sorted(run.ledger.shards([DONE]), key=lambda s: (-s.round, s.shard_id)):
         if shard.round != current_round:
             current_round, excluded = shard.round, pa.array(sorted(replaced), pa.int64())
-        table = pq.read_table(run.files(shard.shard_id).manifest, columns=wanted)
+        table = pq.read_table(readable(run.files(shard.shard_id).manifest), columns=wanted)
         if len(excluded):
             table = table.filter(pc.invert(pc.is_in(table.column("row"), value_set=excluded)))
         if shard.round > 0:

@@ -19,6 +19,7 @@ import psutil
 import pyarrow.parquet as pq
 
 from ldawt.daemon.contract import ShardFiles
+from ldawt.daemon.storage import RemotePath
 
 from .job import JOB_ENV, Job, JobRun
 from .ledger import DONE, RUNNING, Committed, Ledger, ShardRecord
@@ -32,8 +33,8 @@ class NotCommitted(Exception):
     """The shard's outputs are missing or do not match; the message says how."""
 
 
-def _tar_members(path: Path) -> int:
-    with tarfile.open(path, "r:*") as tar:
+def _tar_members(path: Path | RemotePath) -> int:
+    with path.open("rb") as handle, tarfile.open(fileobj=handle, mode="r:*") as tar:
         return sum(1 for _ in tar)
 
 
@@ -54,7 +55,8 @@ def check_committed(
         raise NotCommitted(f"stats file counts {stats.get('rows')} rows, the plan {rows}")
     try:
         size = files.tar.stat().st_size
-        manifest_rows = pq.ParquetFile(files.manifest).metadata.num_rows
+        with files.manifest.open("rb") as handle:
+            manifest_rows = pq.ParquetFile(handle).metadata.num_rows
     except (OSError, ValueError) as exc:
         raise NotCommitted(f"tar or manifest unreadable: {exc}") from exc
     if manifest_rows != rows:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ldawt.daemon.contract import SUCCESSES, Status
+from ldawt.daemon.storage import readable
 
 from .console import format_duration
 from .job import Job, JobRun
@@ -288,11 +289,11 @@ def stored_images(run: JobRun) -> dict[str, Any] | None:
     recorded = False
     for shard in run.ledger.shards([DONE]):
         path = run.files(shard.shard_id).manifest
-        if not set(SIZE_COLUMNS) <= set(pq.read_schema(path).names):
+        if not set(SIZE_COLUMNS) <= set(pq.read_schema(readable(path)).names):
             not_recorded += shard.counts.get(Status.OK, 0)
             continue
         recorded = True
-        table = pq.read_table(path, columns=["status", "bytes", *SIZE_COLUMNS])
+        table = pq.read_table(readable(path), columns=["status", "bytes", *SIZE_COLUMNS])
         table = table.filter(pc.equal(table.column("status"), Status.OK))
         if not table.num_rows:
             continue

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ldawt.daemon import storage
 from ldawt.daemon.contract import SUCCESSES, FetchOptions, Status
 
 from .console import ProgressDisplay, format_duration
@@ -52,6 +53,9 @@ class JobRequest:
     force_new: bool = False
     shard_retries: int = 2
     verify_hash_col: str | None = None
+    output: str | None = None
+    """An fsspec URL for the shard files (``out`` then holds the job folder only)."""
+    storage_options: dict[str, Any] | None = None
 
 
 def prepare_output(out: Path) -> None:
@@ -78,9 +82,17 @@ def run_job(request: JobRequest, engine: Engine) -> int:
     )
     check_files(files, columns)
     prepare_output(request.out)
+    if request.output is not None:
+        try:  # before any shard runs: client, credentials, bucket
+            storage.probe(request.output, request.storage_options)
+        except storage.StorageError as exc:
+            raise InputError(str(exc)) from exc
     identity = JobIdentity.of(files, columns, request.plan)
-    job = Job(request.out)
+    job = Job(request.out, request.output, request.storage_options)
+    if request.output is None:
+        job.output, job.storage_options = None, {}  # a local job, whatever an earlier run did
     with job.lock():
+        job.record_output()
         ledger = _resume_or_replace(job, job.open_ledger(), identity, request.force_new)
         with ledger:
             settings = JobSettings(request.plan, carried_columns(columns.to_dict()))

@@ -12,6 +12,7 @@ PACKAGES = {"ldawt.daemon": REPO / "daemon", "ldawt.manager": REPO / "manager"}
 MANAGER_USES_FROM_DAEMON = {
     "ldawt.daemon",  # sets Arrow's allocator before pyarrow loads
     "ldawt.daemon.contract",  # the shard contract
+    "ldawt.daemon.storage",  # shard files at a URL (object storage)
     "ldawt.daemon.transform.options",  # the choices of the contract's transform options
     "ldawt.daemon.shard",  # the local engine runs shards in its own processes
     "ldawt.daemon.library",  # the TaskVine engine installs the library

@@ -188,7 +188,18 @@ class _Run:
         spec = attempt.spec
         attempt.staged = self.vine_dir / "incoming" / f"{spec.shard_id}.{attempt.number}"
         attempt.staged.parent.mkdir(parents=True, exist_ok=True)
-        if self.options.writes_in_place():
+        if spec.remote:
+            # The worker uploads the shard's files to the output URL itself, in commit order:
+            # nothing comes back through the manager but the result.
+            remote = spec.to_dict()
+            if not self.options.writes_in_place():
+                remote["input_path"] = INPUT_NAME
+            call = FunctionCall(LIBRARY_NAME, SHARD_FUNCTION, remote)
+            if not self.options.writes_in_place():
+                source = self.m.declare_file(spec.input_path, cache=False, peer_transfer=False)
+                call.add_input(source, INPUT_NAME)
+                attempt.files = [source]
+        elif self.options.writes_in_place():
             # TaskVine may run a call again while a lost worker's library still finishes it:
             # each run writes into a new folder of its own under the attempt's folder.
             remote = {**spec.to_dict(), "output_dir": str(attempt.staged), UNIQUE_OUTPUT: True}
@@ -219,6 +230,8 @@ class _Run:
             if result.get("ok"):
                 self.served = True
                 self.last_start = time.monotonic()
+                if attempt.spec.remote:  # uploaded by the worker; the runner checks the objects
+                    return result
                 written = attempt.staged
                 if self.options.writes_in_place():
                     written = Path(result["tar_path"]).parent
