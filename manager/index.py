@@ -52,7 +52,7 @@ from ldawt.daemon.contract import (
     manifest_column,
     write_atomically,
 )
-from ldawt.daemon.storage import readable
+from ldawt.daemon.storage import RemotePath, StorageError, readable, upload
 
 from .errors import InputError
 from .job import Job, JobRun, JobSettings
@@ -158,6 +158,8 @@ def write_index(run: JobRun, force: bool = True) -> IndexSummary | None:
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
     write_atomically(path, write)
+    if run.job.output is not None:  # beside the shards too, for those who read them there
+        upload(path, RemotePath.of(f"{run.job.output}/{path.name}", run.job.storage_options))
     return summary
 
 
@@ -170,7 +172,7 @@ def update_index(run: JobRun) -> None:
         return
     try:
         summary = write_index(run, force=False)
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException, StorageError) as exc:
         log.warning(
             f"{path} is not up to date: {exc}; `ldawt-manager index {run.job.out}` rebuilds it"
         )
@@ -188,7 +190,7 @@ def rebuild_index(out: Path) -> IndexSummary:
         recover_interrupted(run)
         try:
             summary = write_index(run)
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException, StorageError) as exc:
             raise InputError(
                 f"cannot write the index of the job in {job.out}: {exc}; if a shard file is "
                 "damaged, rerun the job's submit command, which fetches such shards again"

@@ -71,7 +71,12 @@ def _table(tmp_path: Path, origin, rows: int, gone_every: int = 10) -> Path:
 
 
 def _shard_objects(s3: S3Server, bucket: str, prefix: str) -> dict[str, dict]:
-    return {k[len(prefix) + 1 :]: v for k, v in s3.objects(bucket).items() if k.startswith(prefix)}
+    """The shards' objects under ``prefix`` (the job's index.parquet beside them left out)."""
+    return {
+        k[len(prefix) + 1 :]: v
+        for k, v in s3.objects(bucket).items()
+        if k.startswith(prefix) and k != f"{prefix}/index.parquet"
+    }
 
 
 def _check_shards(s3: S3Server, bucket: str, prefix: str, shards: int, rows: int) -> list[int]:
@@ -128,6 +133,8 @@ def test_shards_larger_than_a_part_are_uploaded_and_resume_checks_the_objects(
         assert not list(job_dir.glob("*.tar"))
         index = pq.read_table(job_dir / "index.parquet")
         assert sorted(index.column("row").to_pylist()) == list(range(rows))
+        uploaded = s3.client().get_object(Bucket=bucket, Key="run1/index.parquet")["Body"].read()
+        assert pq.read_table(io.BytesIO(uploaded)).equals(index)  # beside the shards too
 
         # commands taking the job folder find the objects
         status = _run(s3.env(), "status", job_dir)
