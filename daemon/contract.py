@@ -24,6 +24,7 @@ from typing import Any, TypedDict
 
 import pyarrow as pa
 
+from .fetcher.options import ROBOTS_MODES as ROBOTS_MODES  # the choices of --robots
 from .fetcher.options import FetchOptions
 from .records import known_fields
 from .storage import RemotePath, is_url
@@ -50,6 +51,10 @@ class Status:
     NOT_IMAGE = "not_image"
     BAD_URL = "bad_url"
     BLOCKED_ADDRESS = "blocked_address"
+    OPTED_OUT = "opted_out"
+    """The response's ``X-Robots-Tag`` holds a disallowed directive; its body was not read."""
+    ROBOTS_DISALLOWED = "robots_disallowed"
+    """The host's robots.txt disallows the URL for ldawt (or could not be loaded: 5xx)."""
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
     # The transform stage (``ldawt.daemon.transform``):
@@ -82,6 +87,8 @@ FAILURES = (
     Status.NOT_IMAGE,
     Status.BAD_URL,
     Status.BLOCKED_ADDRESS,
+    Status.OPTED_OUT,
+    Status.ROBOTS_DISALLOWED,
     Status.CANCELLED,
     Status.INTERNAL_ERROR,
     Status.TOO_SMALL,

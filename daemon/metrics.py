@@ -127,6 +127,16 @@ WORKSPACE_SIZE = Gauge(
     "Total size of the file system where shards are written.",
     registry=REGISTRY,
 )
+ROBOTS_TXT = Counter(
+    "ldawt_robots_txt_fetches",
+    "robots.txt files loaded, by outcome: parsed, absent (4xx: all allowed) or unreachable "
+    "(5xx, timeout, connection error: all disallowed for the run). Its HTTP responses are not "
+    "in ldawt_http_responses, which counts image requests.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+for _outcome in ("parsed", "absent", "unreachable"):
+    ROBOTS_TXT.labels(_outcome)  # exported at zero from the start
 HOST_THROTTLED = Counter(
     "ldawt_host_throttled_responses",
     "HTTP 429 (Too Many Requests) responses by host (bounded set).",

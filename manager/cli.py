@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ldawt.daemon.contract import FetchOptions, TransformOptions
+from ldawt.daemon.contract import ROBOTS_MODES, FetchOptions, TransformOptions
 from ldawt.daemon.storage import is_url
 from ldawt.daemon.transform.options import ENCODE_FORMATS, RESIZE_MODES
 
@@ -297,6 +297,30 @@ def _add_fetch_options(parser: argparse.ArgumentParser, of_latest_run: bool = Fa
         "--ca-file",
         help="trust the certificates in this PEM file instead of the system's (default: none)",
     )
+    fetch.add_argument(
+        "--robots",
+        choices=ROBOTS_MODES,
+        default=DEFAULTS.robots,
+        help="obey: fetch each host's robots.txt once and skip the URLs it disallows for ldawt "
+        "(robots_disallowed; a robots.txt answering 5xx or unreachable disallows the host for "
+        "the run, 4xx allows all); ignore: do not fetch it (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "--disallowed-header-directives",
+        type=_directive_list,
+        default=DEFAULTS.disallowed_header_directives,
+        metavar="LIST",
+        help="comma list of X-Robots-Tag directives that opt an image out (opted_out, body not "
+        "read); directives addressed to other user agents do not apply; an empty list disables "
+        f"the check (default: {','.join(DEFAULTS.disallowed_header_directives)})",
+    )
+    fetch.add_argument(
+        "--user-agent-token",
+        metavar="TOKEN",
+        default=None,
+        help="a contact (URL or e-mail address) appended to the User-Agent header as "
+        f"'{DEFAULTS.user_agent} (compatible; TOKEN)' (default: none)",
+    )
     if of_latest_run:
         for action in fetch._group_actions:
             action.default = argparse.SUPPRESS  # absent from args: fetch_options keeps the run's
@@ -363,7 +387,14 @@ FETCH_FIELDS = {
     "max_bytes": "max_bytes",
     "allow_private": "allow_private",
     "ca_file": "ca_file",
+    "robots": "robots",
+    "disallowed_header_directives": "disallowed_header_directives",
+    "user_agent_token": "user_agent_token",
 }
+
+
+def _directive_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
 def fetch_options(args: argparse.Namespace, base: FetchOptions = DEFAULTS) -> FetchOptions:

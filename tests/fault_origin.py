@@ -18,6 +18,8 @@ from aiohttp import web
 from ldawt.manager.images import make_jpeg
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 64
+OPTOUT_BYTES = 1_000_000
+OPTOUT_CHUNK = 16_384
 STALL_SECONDS = 30  # bounded: the server gives up on a stalled client eventually
 
 
@@ -30,6 +32,16 @@ class FaultOrigin:
         """The instant named by each Retry-After HTTP date sent, by path (whole seconds)."""
         self.in_flight = 0
         self.max_in_flight = 0
+        self.user_agents: list[str] = []
+        """The User-Agent header of every request, in order."""
+        self.robots_txt: str | None = None
+        """The body of /robots.txt; None: it answers ``robots_status`` (404) instead."""
+        self.robots_status = 404
+        self.robots_delay = 0.0
+        self.sent: Counter[str] = Counter()
+        """Body bytes written to the socket, by path (/optout only)."""
+        self.closed_early: set[str] = set()
+        """Paths (/optout) whose client hung up before the whole body was sent."""
         self.app = web.Application()
         self.app.router.add_get("/{tail:.*}", self._handle)
 
@@ -39,6 +51,7 @@ class FaultOrigin:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] += 1
+        self.user_agents.append(request.headers.get("User-Agent", ""))
         self.arrivals[request.path].append(time.time())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -54,6 +67,30 @@ class FaultOrigin:
             if request.query.get("slow"):
                 await asyncio.sleep(float(request.query["slow"]))
             return web.Response(body=self.body(rest[-1]), content_type="image/jpeg")
+        if kind == "robots.txt":
+            await asyncio.sleep(self.robots_delay)
+            if self.robots_txt is None:
+                return web.Response(status=self.robots_status, text="no robots.txt here")
+            return web.Response(text=self.robots_txt, content_type="text/plain")
+        if kind == "optout":
+            # /optout/<name>?h=<X-Robots-Tag value>[&h=...]: one header per ``h``, then a JPEG
+            # of OPTOUT_BYTES sent slowly, in small writes, counting what went out
+            headers = [("X-Robots-Tag", value) for value in request.query.getall("h", [])]
+            response = web.StreamResponse(headers=headers)
+            response.content_type = "image/jpeg"
+            body = self.body(rest[-1], OPTOUT_BYTES)
+            response.content_length = len(body)
+            await response.prepare(request)
+            try:
+                for start in range(0, len(body), OPTOUT_CHUNK):
+                    await response.write(body[start : start + OPTOUT_CHUNK])
+                    self.sent[request.path] += len(body[start : start + OPTOUT_CHUNK])
+                    await asyncio.sleep(0.005)
+                await response.write_eof()
+            except (ConnectionError, asyncio.CancelledError):
+                self.closed_early.add(request.path)
+                raise
+            return response
         if kind == "png":  # a PNG body, served with a misleading type
             return web.Response(body=PNG_HEADER, content_type="application/octet-stream")
         if kind == "redirect":  # /redirect/<n>/<name>: n hops (301 and 302 in turn), the image

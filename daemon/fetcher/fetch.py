@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+from protego import Protego
 from yarl import URL
 
 from .. import metrics
@@ -15,13 +16,16 @@ from . import errors
 from .budget import ByteBudget
 from .errors import FetchFailure
 from .guard import address_refusal, literal_address
-from .options import FetchOptions
+from .options import AGENT_TOKEN, FetchOptions
+from .optout import ROBOTS_MAX_BYTES, RobotsCache, RobotsRules, is_opted_out, robots_url
 from .politeness import HostLimiter
 from .retry import backoff_delay, parse_retry_after
-from .session import CURRENT_USE, ConnectionUse, open_session
+from .session import CURRENT_USE, UNCOUNTED, ConnectionUse, open_session
 from .sniff import HEAD_BYTES, describe_non_image, image_extension
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+ROBOTS_REDIRECTS = 5
+"""RFC 9309: crawlers should follow at least five redirects to a robots.txt."""
 
 
 @dataclass(slots=True)
@@ -67,6 +71,7 @@ class Fetcher:
         self._host_labels = metrics.BoundedHostLabels()
         self._hosts = HostLimiter(options.per_host, options.host_rps, self._host_labels)
         self.budget = ByteBudget(options.max_buffered_bytes)
+        self._robots = RobotsCache()
 
     async def close(self) -> None:
         await self._session.close()
@@ -84,6 +89,8 @@ class Fetcher:
         download = Download(status=Status.INTERNAL_ERROR)
         try:
             url = parse_http_url(raw_url)
+            if options.robots == "obey":
+                await self._check_robots(url, options)
             for attempt in range(options.retries + 1):
                 download.attempts = attempt + 1
                 download.http_status = None
@@ -140,9 +147,81 @@ class Fetcher:
                     continue
                 if not 200 <= response.status < 300:
                     raise _http_failure(response)
+                self._refuse_opted_out(response, options)
                 await self._read_image(response, options, download)
                 return
         raise FetchFailure(Status.REDIRECT_LOOP, f"more than {options.max_redirects} redirects")
+
+    def _refuse_opted_out(self, response: aiohttp.ClientResponse, options: FetchOptions) -> None:
+        """OPTED_OUT, with the connection closed before any body byte is read, when the
+        response's X-Robots-Tag headers hold a disallowed directive that applies to ldawt."""
+        if not options.disallowed_header_directives:
+            return
+        offending = is_opted_out(
+            response.headers.getall("X-Robots-Tag", ()),
+            options.disallowed_header_directives,
+            options.user_agent_token,
+        )
+        if offending is not None:
+            response.close()
+            raise FetchFailure(
+                Status.OPTED_OUT, f"X-Robots-Tag: {offending}"[:300], response.status
+            )
+
+    async def _check_robots(self, url: URL, options: FetchOptions) -> None:
+        """ROBOTS_DISALLOWED when the origin's robots.txt (loaded once) refuses ``url``."""
+        rules = await self._robots.rules(url, lambda: self._load_robots(url, options))
+        refusal = rules.refusal(url, AGENT_TOKEN)
+        if refusal is not None:
+            raise FetchFailure(*refusal)
+
+    async def _load_robots(self, url: URL, options: FetchOptions) -> RobotsRules:
+        """The origin's robots.txt, fetched under the host's limits and the address guard;
+        RFC 9309 for failures: 4xx -> all allowed, 5xx or unreachable -> all disallowed."""
+        try:
+            async with self._hosts.slot(url.host or ""), self._slots:
+                async with asyncio.timeout(options.total_timeout):
+                    return await self._read_robots(robots_url(url), options)
+        except Exception as exc:
+            failure = errors.classify_exception(exc)
+            keep = failure.status in (Status.DNS_ERROR, Status.BLOCKED_ADDRESS, Status.BAD_URL)
+            return RobotsRules(
+                None,
+                unreachable=(
+                    failure.detail
+                    if failure.status == Status.ROBOTS_DISALLOWED
+                    else f"{failure.status}: {failure.detail}"
+                )[:300],
+                status=failure.status if keep else Status.ROBOTS_DISALLOWED,
+            )
+
+    async def _read_robots(self, target: URL, options: FetchOptions) -> RobotsRules:
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=options.connect_timeout, sock_read=options.read_timeout
+        )
+        for _ in range(ROBOTS_REDIRECTS + 1):
+            self._check_literal_address(target, options)
+            CURRENT_USE.set(UNCOUNTED)
+            async with self._session.get(
+                target, allow_redirects=False, timeout=timeout
+            ) as response:
+                code = response.status
+                if code in REDIRECT_STATUSES:
+                    target = _redirect_target(target, response)
+                    continue
+                if 200 <= code < 300:
+                    body = bytearray()
+                    async for chunk in response.content.iter_any():
+                        body += chunk
+                        if len(body) >= ROBOTS_MAX_BYTES:
+                            response.close()
+                            break
+                    text = bytes(body[:ROBOTS_MAX_BYTES]).decode("utf-8", errors="replace")
+                    return RobotsRules(Protego.parse(text))
+                if 400 <= code < 500 and code != 429:
+                    return RobotsRules(None)  # no robots.txt: everything allowed
+                raise FetchFailure(Status.ROBOTS_DISALLOWED, f"HTTP {code}", code)
+        return RobotsRules(None)  # RFC 9309: too many redirects count as no robots.txt
 
     def _check_literal_address(self, url: URL, options: FetchOptions) -> None:
         address = literal_address(url.host or "")

@@ -9,6 +9,11 @@ from typing import Any
 from ..records import known_fields
 
 USER_AGENT = "ldawt/0.1 (image dataset downloader)"
+AGENT_TOKEN = "ldawt"
+"""ldawt's product token: robots.txt groups and X-Robots-Tag directives addressed to it apply."""
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+"""img2dataset's default ``--disallowed_header_directives``."""
+ROBOTS_MODES = ("obey", "ignore")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,33 @@ class FetchOptions:
     tls_verify: bool = True
     ca_file: str | None = None
     user_agent: str = USER_AGENT
+    user_agent_token: str | None = None
+    """A contact (URL or address) appended to the user agent as img2dataset's
+    ``--user_agent_token`` does (``<agent> (compatible; <token>; +<its project URL>)``); ldawt
+    has no public project page to name, so the header is ``<agent> (compatible; <token>)``."""
+    disallowed_header_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
+    """``X-Robots-Tag`` directives that opt a response out (row status ``opted_out``, body not
+    read); empty to disable the check."""
+    robots: str = "obey"
+    """``obey``: robots.txt is fetched once per host and applied; ``ignore``: it is not."""
+
+    def __post_init__(self) -> None:
+        directives = self.disallowed_header_directives
+        if isinstance(directives, str):
+            directives = directives.split(",")
+        normal = tuple(d.strip().lower() for d in directives if d and d.strip())
+        object.__setattr__(self, "disallowed_header_directives", normal)
+        token = (self.user_agent_token or "").strip() or None
+        object.__setattr__(self, "user_agent_token", token)
+        if self.robots not in ROBOTS_MODES:
+            raise ValueError(f"robots must be one of {ROBOTS_MODES}, not {self.robots!r}")
+
+    @property
+    def agent_header(self) -> str:
+        """The User-Agent header sent: the honest agent, with the contact token when given."""
+        if not self.user_agent_token:
+            return self.user_agent
+        return f"{self.user_agent} (compatible; {self.user_agent_token})"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FetchOptions:
@@ -58,5 +90,6 @@ class FetchOptions:
             self.tls_verify,
             self.ca_file,
             self.user_agent,
+            self.user_agent_token,
             self.max_buffered_bytes,
         )

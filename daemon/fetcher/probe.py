@@ -121,6 +121,7 @@ class Prober(Fetcher):
         url, response = await self._final("HEAD", url, HEAD_HEADERS, options, download, timeout)
         try:
             if 200 <= response.status < 300:
+                self._refuse_opted_out(response, options)
                 download.content_type = response.headers.get("Content-Type")
                 state.size = _plain_length(response)
                 state.method = "HEAD"

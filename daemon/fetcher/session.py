@@ -22,6 +22,10 @@ class ConnectionUse:
         self.new = 0
 
 
+UNCOUNTED = ConnectionUse()
+"""The use of requests that are not a row's (robots.txt): their connections are not counted in
+``ldawt_connections``, which the manifest's ``connections_new`` add up to."""
+
 CURRENT_USE: contextvars.ContextVar[ConnectionUse | None] = contextvars.ContextVar(
     "ldawt_connection_use", default=None
 )
@@ -33,8 +37,10 @@ class CountingConnector(aiohttp.TCPConnector):
 
     async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
         protocol = await super()._create_connection(*args, **kwargs)
-        metrics.CONNECTIONS.labels("new").inc()
         use = CURRENT_USE.get()
+        if use is UNCOUNTED:
+            return protocol
+        metrics.CONNECTIONS.labels("new").inc()
         if use is not None:
             use.new += 1
         return protocol
@@ -60,7 +66,7 @@ def open_session(options: FetchOptions) -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
-        headers={"User-Agent": options.user_agent, "Accept": "image/*,*/*;q=0.8"},
+        headers={"User-Agent": options.agent_header, "Accept": "image/*,*/*;q=0.8"},
         # Timeouts are set per request from the options of the shard at hand.
         timeout=aiohttp.ClientTimeout(total=None),
         raise_for_status=False,
