@@ -44,6 +44,12 @@ class Job:
     is_img2dataset: bool = False
     is_ldawt: bool = False
     notes: list[str] = field(default_factory=list)
+    inspect: Callable[[Path], object] | None = None
+    """Transform profiles: reads what the row stored (transform_check.Stored) from out_dir."""
+    variant: str = ""
+    """ldawt: the row's extra arguments ("--workers 1"), to pair it with the baseline's."""
+    baseline: str = ""
+    """ldawt: the baseline revision this row measures ("" = the revision under test)."""
 
     @property
     def log_dir(self) -> Path:
@@ -119,7 +125,15 @@ def img2dataset_job(
     *,
     cert_file: Path | None,
     shard_size: int,
+    resize: tuple[str, int] | None = None,
 ) -> Job:
+    """img2dataset's row. Without ``resize``, the original bytes (``--resize_mode no
+    --disable_all_reencoding True``); with (mode, size), ``--resize_mode MODE --image_size SIZE``
+    and its defaults otherwise (re-encoded as JPEG quality 95)."""
+    if resize:
+        resizing = ["--resize_mode", resize[0], "--image_size", str(resize[1])]
+    else:
+        resizing = ["--resize_mode", "no", "--disable_all_reencoding", "True"]
     cmd = [
         str(img2dataset_bin),
         "--url_list", str(urls),
@@ -130,8 +144,7 @@ def img2dataset_job(
         "--output_folder", str(out_dir),
         "--processes_count", "2",
         "--thread_count", "64",
-        "--resize_mode", "no",
-        "--disable_all_reencoding", "True",
+        *resizing,
         "--number_sample_per_shard", str(shard_size),
         "--timeout", "30",
         "--retries", "0",

@@ -5,6 +5,9 @@ The corpus has ``distinct`` real JPEG files (``img/NNNN.jpg``) plus 1,000 symlin
 ``by3/<last three digits of photo_id>.jpg``, so every path of the real URL list is served with
 no per-path file and the whole corpus stays a few tens of MB (and in the page cache).
 
+The transform profiles' corpus (:func:`build_transform_corpus`) has the same ``by3`` links, to
+the larger photo-like JPEGs of ``bench/photos.py`` (1024-2048 px, a few with EXIF orientation).
+
 Needs Pillow (only in the bench venv); everything else here is stdlib or pyarrow.
 """
 
@@ -28,11 +31,12 @@ class CorpusInfo:
     root: Path
     distinct: int
     sizes: list[int]
+    kind: str = "JPEGs"
 
     def summary(self) -> str:
         s = sorted(self.sizes)
         return (
-            f"{self.distinct} distinct JPEGs, {BY3_COUNT} mapped names, sizes "
+            f"{self.distinct} distinct {self.kind}, {BY3_COUNT} mapped names, sizes "
             f"min {s[0] / 1e3:.0f} KB / median {statistics.median(s) / 1e3:.0f} KB / "
             f"max {s[-1] / 1e3:.0f} KB, total {sum(s) / 1e6:.1f} MB"
         )
@@ -100,6 +104,38 @@ def build_corpus(root: Path, distinct: int = 300, seed: int = 7) -> CorpusInfo:
         link.symlink_to(Path("..") / "img" / f"{k % distinct:04d}.jpg")
     marker.write_text(json.dumps({**wanted, "sizes": sizes}))
     return CorpusInfo(root, distinct, sizes)
+
+
+def build_transform_corpus(root: Path, photo_base: Path, distinct: int, log) -> CorpusInfo:
+    """``root/by3/NNN.jpg`` links to the first ``distinct`` photo-like JPEGs of
+    ``bench/photos.py`` (made under ``photo_base`` when missing, shared with
+    bench/transform_candidates.py); returns the corpus' description."""
+    import photos
+    from PIL import Image
+
+    images = photos.build_corpus(photo_base, distinct, log=log)
+    by3_dir = root / "by3"
+    by3_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(BY3_COUNT):
+        link = by3_dir / f"{k:03d}.jpg"
+        target = images[k % distinct].resolve()
+        if link.is_symlink() and link.readlink() == target:
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    sizes, rotated, longest = [], 0, []
+    for path in images:
+        body = path.read_bytes()
+        sizes.append(len(body))
+        rotated += photos.orientation(body) != 1
+        with Image.open(path) as image:
+            longest.append(max(image.size))
+    kind = (
+        f"photo-like JPEGs of {min(longest)}-{max(longest)} px on the long side "
+        f"(quality 90; {rotated} with an EXIF orientation)"
+    )
+    return CorpusInfo(root, distinct, sizes, kind)
 
 
 def corpus_file_for_path(root: Path, url_path: str) -> Path:

@@ -4,15 +4,20 @@ By default a committed revision (``HEAD``): ``git archive`` exports it to
 ``bench/.work/ldawt-src/<commit>/`` and that frozen copy is installed (editable, so subpackages
 resolve by folder) into ``bench/.work/venv-ldawt``. Files being edited in the working tree thus
 cannot break or change a run, and the figures name the exact commit. ``--ldawt-rev worktree``
-installs the working tree itself (editable, uncommitted changes included); ``--ldawt-bin`` runs
-a given executable.
+installs a copy of the working tree taken when the run starts (uncommitted and untracked files
+included, ignored ones not; editable from that copy, installed again when pyproject.toml
+changed), so that files other people edit during a run cannot break or change it halfway;
+``--ldawt-bin`` runs a given executable. A second revision measured in the same run
+(``--ldawt-baseline-rev``) gets its own venv and snapshot (``slot``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,32 +41,24 @@ def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def install(rev: str, work: Path, log: Log) -> tuple[Path | None, str]:
-    """Install ldawt at ``rev`` (a git revision, or ``worktree``); returns (exe, description)."""
+def install(rev: str, work: Path, log: Log, slot: str = "") -> tuple[Path | None, str]:
+    """Install ldawt at ``rev`` (a git revision, or ``worktree``) into ``venv-ldawt<slot>``;
+    returns (exe, description)."""
     head = _git("rev-parse", "--short=12", "HEAD")
     if rev == "worktree":
-        venv = work / "venv-ldawt-worktree"
-        dirty = " + uncommitted changes" if _git("status", "--porcelain", "--", ".") else ""
-        desc = f"working tree (HEAD {head}{dirty})"
-        if not (venv / "bin" / "ldawt-manager").exists():
-            log(f"installing the working tree into {venv} (editable)")
-            res = _pip(venv, "-e", str(REPO))
-            if res.returncode != 0:
-                log(f"ldawt: pip install -e failed: {res.stderr.strip()[-400:]}")
-                return None, desc
-        return venv / "bin" / "ldawt-manager", desc
+        return _install_worktree(work, log, slot, head)
 
     commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
     last = _git("log", "-1", "--format=%h %s", commit, "--", "daemon", "manager", "pyproject.toml")
     last = last if len(last) <= 72 else last[:69] + "..."
     desc = f"commit {commit[:12]} (last ldawt change: {last})"
-    venv = work / "venv-ldawt"
+    venv = work / f"venv-ldawt{slot}"
     stamp = venv / "ldawt-commit"
     stamp_text = f"{commit} editable-snapshot"
     if stamp.exists() and stamp.read_text() == stamp_text:
         return venv / "bin" / "ldawt-manager", desc
-    src_root = work / "ldawt-src"
-    shutil.rmtree(src_root, ignore_errors=True)  # keep one snapshot only
+    src_root = work / f"ldawt-src{slot}"
+    shutil.rmtree(src_root, ignore_errors=True)  # keep one snapshot per slot only
     src = src_root / commit[:12]
     src.mkdir(parents=True)
     log(f"exporting ldawt {commit[:12]} (git archive) and installing it into {venv}")
@@ -78,6 +75,34 @@ def install(rev: str, work: Path, log: Log) -> tuple[Path | None, str]:
         return None, desc
     stamp.write_text(stamp_text)
     return venv / "bin" / "ldawt-manager", desc
+
+
+def _install_worktree(work: Path, log: Log, slot: str, head: str) -> tuple[Path | None, str]:
+    """Copy the working tree's files (``git ls-files --cached --others --exclude-standard``)
+    to ``ldawt-src-worktree<slot>/`` and install that copy (editable) unless it already is."""
+    venv = work / f"venv-ldawt-worktree{slot}"
+    src = work / f"ldawt-src-worktree{slot}"
+    dirty = " + uncommitted changes" if _git("status", "--porcelain", "--", ".") else ""
+    desc = f"working tree as of {time.strftime('%H:%M:%S')} (HEAD {head}{dirty}), copied"
+    listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    shutil.rmtree(src, ignore_errors=True)
+    for name in filter(None, listed):
+        path = REPO / name
+        if path.is_file() and not path.is_symlink():  # a deleted tracked file is still listed
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, src / name)
+    stamp = venv / "ldawt-pyproject"
+    # editable from the copy: code changes need no reinstall, new dependencies or packages do
+    want = hashlib.sha256((src / "pyproject.toml").read_bytes()).hexdigest() + f" {src}"
+    exe = venv / "bin" / "ldawt-manager"
+    if not exe.exists() or not stamp.exists() or stamp.read_text() != want:
+        log(f"installing the working tree's copy {src} into {venv} (editable)")
+        res = _pip(venv, "-e", str(src))
+        if res.returncode != 0:
+            log(f"ldawt: pip install -e failed: {res.stderr.strip()[-400:]}")
+            return None, desc
+        stamp.write_text(want)
+    return exe, desc
 
 
 def usable(exe: Path, log: Log) -> bool:
@@ -98,13 +123,25 @@ def usable(exe: Path, log: Log) -> bool:
     return False
 
 
-def find(explicit: str | None, rev: str, work: Path, log: Log) -> tuple[Path | None, str]:
+def supports(exe: Path, option: str) -> bool:
+    """True when ``exe submit --help`` lists ``option`` (e.g. ``--resize-mode``)."""
+    try:
+        res = subprocess.run([str(exe), "submit", "--help"], capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0 and option in res.stdout
+
+
+def find(
+    explicit: str | None, rev: str, work: Path, log: Log, slot: str = ""
+) -> tuple[Path | None, str]:
     """(ldawt-manager to run, what it is) or (None, why not); the row is skipped on None."""
     if explicit:
         exe, desc = Path(explicit), f"--ldawt-bin {explicit}"
     else:
         try:
-            exe, desc = install(rev, work, log)
+            exe, desc = install(rev, work, log, slot)
         except subprocess.CalledProcessError as e:
             return None, f"cannot export/install ldawt at {rev}: {e}"
     if exe is None:

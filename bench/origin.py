@@ -1,6 +1,8 @@
 """The loopback origin: one nginx (Debian package) with two servers on 127.0.0.1.
 
 * profile 1, ``plain``: HTTP, files straight from the page cache with sendfile;
+* the transform profiles (only when a transform corpus is given): HTTP like profile 1, on a
+  third port, serving the larger photo-like JPEGs of ``bench/photos.py``;
 * profile 2, ``tls``: HTTPS with a self-signed certificate (made with openssl) and a
   non-blocking 40 ms ``echo_sleep`` (libnginx-mod-http-echo) before ``echo_exec`` hands the
   request to the static file handler, so the delay comes before the first byte and the body,
@@ -73,7 +75,15 @@ http {{
         location /by3/ {{ internal; }}
         location / {{ return 404; }}
     }}
-}}
+{transform_server}}}
+"""
+TRANSFORM_SERVER = """
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {corpus};
+        location ~ "{photo_re}" {{ alias {corpus}/by3/$1.jpg; }}
+        location / {{ return 404; }}
+    }}
 """
 
 
@@ -112,8 +122,11 @@ class Origin:
     corpus: Path
     delay_s: float = 0.040
     workers: int = 2
+    transform_corpus: Path | None = None
+    """The transform profiles' corpus, served over HTTP on a third port (None: no server)."""
     http_port: int = 0
     https_port: int = 0
+    transform_port: int = 0
     proc: subprocess.Popen | None = None
 
     @property
@@ -123,6 +136,10 @@ class Origin:
     @property
     def https_base(self) -> str:
         return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def transform_base(self) -> str:
+        return f"http://127.0.0.1:{self.transform_port}"
 
     @property
     def cert(self) -> Path:
@@ -135,6 +152,14 @@ class Origin:
         last_err = ""
         for _ in range(attempts):  # a free port can be taken between probe and bind: retry
             self.http_port, self.https_port = free_port(), free_port()
+            transform_server = ""
+            if self.transform_corpus is not None:
+                self.transform_port = free_port()
+                transform_server = TRANSFORM_SERVER.format(
+                    port=self.transform_port,
+                    corpus=self.transform_corpus.resolve(),
+                    photo_re=PHOTO_RE,
+                )
             conf = self.work / "nginx.conf"
             conf.write_text(
                 CONFIG.format(
@@ -148,6 +173,7 @@ class Origin:
                     key=key,
                     delay_s=f"{self.delay_s:.3f}",
                     photo_re=PHOTO_RE,
+                    transform_server=transform_server,
                 )
             )
             log = open(self.work / "nginx.stderr", "wb")  # noqa: SIM115 (kept by the child)
@@ -179,7 +205,9 @@ class Origin:
             if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
-                for port in (self.http_port, self.https_port):
+                for port in (self.http_port, self.https_port, self.transform_port):
+                    if not port:
+                        continue
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return True
             except OSError:
@@ -224,20 +252,25 @@ class Origin:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def verify(self, paths: list[str], corpus_file) -> dict:
-        """Fetch ``paths`` from both servers over one keep-alive connection each and check:
-        status, Content-Type, Content-Length, body == the corpus file (SHA-256), the connection
-        was reused, and only the TLS server waits ``delay_s`` before the first byte of every
-        response (reused connection included). Returns the first-byte times; raises otherwise."""
+    def verify(self, paths: list[str], corpus_file, transform_file=None) -> dict:
+        """Fetch ``paths`` from every server over one keep-alive connection each and check:
+        status, Content-Type, Content-Length, body == the corpus file (SHA-256; ``corpus_file``,
+        or ``transform_file`` for the transform server), the connection was reused, and only
+        the TLS server waits ``delay_s`` before the first byte of every response (reused
+        connection included). Returns the first-byte times; raises otherwise."""
         ctx = ssl.create_default_context(cafile=str(self.cert))
         ttfb: dict[str, list[float]] = {"plain": [], "tls": []}
-        for name in ("plain", "tls"):
-            if name == "plain":
-                conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
-            else:
+        if self.transform_port and transform_file is not None:
+            ttfb["transform"] = []
+        for name in ttfb:
+            if name == "tls":
                 conn = http.client.HTTPSConnection(
                     "127.0.0.1", self.https_port, timeout=10, context=ctx
                 )
+            else:
+                port = self.transform_port if name == "transform" else self.http_port
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            expected = transform_file if name == "transform" else corpus_file
             conn.connect()  # the TLS handshake is not part of the first-byte times
             sock = conn.sock
             try:
@@ -251,7 +284,7 @@ class Origin:
                         raise RuntimeError(f"{name} {path}: {resp.status} {resp.getheaders()}")
                     if int(resp.getheader("Content-Length", "-1")) != len(body):
                         raise RuntimeError(f"{name} {path}: Content-Length is not the body's")
-                    want = hashlib.sha256(corpus_file(path).read_bytes()).hexdigest()
+                    want = hashlib.sha256(expected(path).read_bytes()).hexdigest()
                     if hashlib.sha256(body).hexdigest() != want or body[:3] != b"\xff\xd8\xff":
                         raise RuntimeError(f"{name} {path}: body is not the corpus JPEG")
                     if conn.sock is not sock:
@@ -261,6 +294,7 @@ class Origin:
                 conn.close()
         if min(ttfb["tls"]) < self.delay_s * 0.95:
             raise RuntimeError(f"TLS first byte came before the delay: {ttfb['tls']}")
-        if max(ttfb["plain"]) > self.delay_s / 2:
-            raise RuntimeError(f"plain first byte is slow: {ttfb['plain']}")
+        for name in ttfb.keys() - {"tls"}:
+            if max(ttfb[name]) > self.delay_s / 2:
+                raise RuntimeError(f"{name} first byte is slow: {ttfb[name]}")
         return {k: sorted(v) for k, v in ttfb.items()}

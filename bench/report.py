@@ -1,16 +1,29 @@
-"""Result rows, the side-by-side table, ratios to img2dataset's best, and the issue's targets."""
+"""Result rows, the side-by-side table, ratios to img2dataset's best, and the issues' targets
+(issue 2: the download profiles; issue 11: the transform profiles and what the new manifest
+columns cost the download profiles)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from transform_check import PROFILES
+
 PROFILE_TITLES = {
     "plain": "profile 1: HTTP on 127.0.0.1",
     "tls": "profile 2: HTTPS (self-signed) + 40 ms before first byte",
+    "border256": "profile 3a, transform: resize mode border, 256 px (photo-like JPEGs of "
+    "1024-2048 px, HTTP on 127.0.0.1)",
+    "keep_ratio512": "profile 3b, transform: resize mode keep_ratio, 512 px (the same corpus)",
 }
+TRANSFORM_PROFILES = tuple(PROFILES)
 TARGET_SPEEDUP = 2.2
 TARGET_CPU_MS = 0.6
 TARGET_RSS_MB = 250.0
+# issue 11
+TARGET_TRANSFORM_SPEEDUP = {"border256": 3.0, "keep_ratio512": 2.0}
+TARGET_TRANSFORM_RSS_MB = 300.0
+TARGET_PSNR_DROP_DB = 0.5
+TARGET_NO_TRANSFORM_LOSS = 0.05
 
 
 @dataclass
@@ -35,6 +48,9 @@ class Result:
     is_img2dataset: bool = False
     is_ldawt: bool = False
     other_cpu: float | None = None  # share of the machine's CPU used by unrelated processes
+    variant: str = ""  # ldawt: the row's extra arguments, e.g. "--workers 1"
+    baseline: str = ""  # ldawt: the baseline revision this row measures ("" = under test)
+    quality: dict | None = None  # transform profiles: sizes and PSNR (transform_check.compare)
 
     @property
     def rate(self) -> float:
@@ -101,6 +117,68 @@ def table_rows(results: list[Result], profile: str) -> list[list[str]]:
     return out
 
 
+QUALITY_HEADER = [
+    "client", "images", "size = img2dataset's", "of which EXIF-transposed", "size differs",
+    "manifest size = stored", "PSNR sources", "mean PSNR dB", "vs img2dataset dB",
+    "min PSNR dB", "stored KB/image",
+]  # fmt: skip
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def quality_rows(results: list[Result], profile: str) -> list[list[str]]:
+    """The transform profiles' second table: what each client stored, against img2dataset."""
+    out = []
+    for r in results:
+        q = r.quality
+        if r.profile != profile or not q:
+            continue
+        if "compared" in q:
+            equal = f"{q['same'] + q['transposed']:,}/{q['compared']:,}"
+            if q["missing"] or q["extra"]:
+                equal += f" ({q['missing']:,} missing, {q['extra']:,} extra)"
+            turned, differs = f"{q['transposed']:,}", f"{q['differs']:,}"
+        else:
+            equal = turned = differs = "-" if not r.is_img2dataset else "(reference)"
+        if q["manifest_checked"]:
+            ok = q["manifest_checked"] - q["manifest_differs"]
+            manifest = f"{ok:,}/{q['manifest_checked']:,}"
+        else:
+            manifest = "no columns" if q["manifest_note"] else "-"
+        sources = f"{q['psnr_sources']}"
+        if q["psnr_unexpected_size"]:
+            sources += f" (+{q['psnr_unexpected_size']} of another size)"
+        out.append(
+            [
+                r.client,
+                f"{q['images']:,}",
+                equal,
+                turned,
+                differs,
+                manifest,
+                sources,
+                _f(q["psnr_mean"], ".2f"),
+                _f(q.get("psnr_vs_base"), "+.2f"),
+                _f(q["psnr_min"], ".2f"),
+                _f(q["mean_kb"], ".1f"),
+            ]
+        )
+    return out
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    return [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+
+
 def render_text(results: list[Result]) -> str:
     lines = []
     for profile, title in PROFILE_TITLES.items():
@@ -132,6 +210,8 @@ def render_text(results: list[Result]) -> str:
             if r.profile == profile and (r.detail or (r.returncode not in (0, None))):
                 code = "" if r.returncode in (0, None) else f"exit {r.returncode} "
                 lines.append(f"  note {r.client}: {code}{r.detail}".rstrip())
+        if quality := quality_rows(results, profile):
+            lines += ["", f"-- {profile}: stored images", *_text_table(QUALITY_HEADER, quality)]
     return "\n".join(lines)
 
 
@@ -146,42 +226,125 @@ def render_markdown(results: list[Result]) -> str:
         for row in rows:
             out.append("| " + " | ".join(row) + " |")
         out.append("")
+        if quality := quality_rows(results, profile):
+            out += [f"*{profile}: stored images*", "", "| " + " | ".join(QUALITY_HEADER) + " |"]
+            out.append("|" + "|".join(["---"] + ["---:"] * (len(QUALITY_HEADER) - 1)) + "|")
+            out += ["| " + " | ".join(row) + " |" for row in quality]
+            out.append("")
     return "\n".join(out)
 
 
 def targets(results: list[Result]) -> list[str]:
-    """The issue's targets for each ldawt row, as PASS / FAIL lines."""
+    """The issues' targets for each ldawt row under test, as PASS / FAIL lines."""
     lines = []
     for r in results:
-        if not r.is_ldawt:
+        if not r.is_ldawt or r.baseline:
             continue
         label = f"{r.client} [{r.profile}]"
         if r.skipped:
             lines.append(f"{label}: not measured ({r.skipped})")
             continue
-        best = img2dataset_best(results, r.profile)
-        checks = []
-        if best:
-            x = r.rate / best.rate
-            checks.append(
-                (f"images/s {x:.2f}x img2dataset best (>= {TARGET_SPEEDUP}x)", x >= TARGET_SPEEDUP)
-            )
-        cpu = r.cpu_ms_per_image
-        if r.profile == "plain":
-            cpu_text = "-" if cpu is None else f"{cpu:.2f}"
-            ok = cpu is not None and cpu <= TARGET_CPU_MS
-            checks.append((f"CPU {cpu_text} ms/image (<= {TARGET_CPU_MS})", ok))
-        rss_mb = r.peak_rss / 1e6
-        tree = f"process tree of {r.procs}" if r.procs > 1 else "one process"
-        text = f"peak RSS {rss_mb:.0f} MB, {tree} (<= {TARGET_RSS_MB:.0f})"
-        checks.append((text, rss_mb <= TARGET_RSS_MB))
-        if r.procs > 1:
-            one_mb = r.peak_proc_rss / 1e6
-            text = (
-                f"largest single process {one_mb:.0f} MB (<= {TARGET_RSS_MB:.0f}; for information)"
-            )
-            checks.append((text, one_mb <= TARGET_RSS_MB))
-        checks.append((f"rows in manifests {r.accounted}/{r.rows}", r.accounted == r.rows))
+        if r.profile in TRANSFORM_PROFILES:
+            checks = _transform_checks(results, r)
+        else:
+            checks = _download_checks(results, r)
         for text, ok in checks:
             lines.append(f"{label}: {'PASS' if ok else 'FAIL'}  {text}")
     return lines
+
+
+def _download_checks(results: list[Result], r: Result) -> list[tuple[str, bool]]:
+    """Issue 2's targets, and issue 11's: no more than 5% images/s lost against the baseline
+    revision's row with the same arguments (when measured)."""
+    best = img2dataset_best(results, r.profile)
+    checks = []
+    if best:
+        x = r.rate / best.rate
+        checks.append(
+            (f"images/s {x:.2f}x img2dataset best (>= {TARGET_SPEEDUP}x)", x >= TARGET_SPEEDUP)
+        )
+    cpu = r.cpu_ms_per_image
+    if r.profile == "plain":
+        cpu_text = "-" if cpu is None else f"{cpu:.2f}"
+        ok = cpu is not None and cpu <= TARGET_CPU_MS
+        checks.append((f"CPU {cpu_text} ms/image (<= {TARGET_CPU_MS})", ok))
+    rss_mb = r.peak_rss / 1e6
+    tree = f"process tree of {r.procs}" if r.procs > 1 else "one process"
+    text = f"peak RSS {rss_mb:.0f} MB, {tree} (<= {TARGET_RSS_MB:.0f})"
+    checks.append((text, rss_mb <= TARGET_RSS_MB))
+    if r.procs > 1:
+        one_mb = r.peak_proc_rss / 1e6
+        text = f"largest single process {one_mb:.0f} MB (<= {TARGET_RSS_MB:.0f}; for information)"
+        checks.append((text, one_mb <= TARGET_RSS_MB))
+    checks.append((f"rows in manifests {r.accounted}/{r.rows}", r.accounted == r.rows))
+    base = next(
+        (
+            b
+            for b in results
+            if b.baseline and b.profile == r.profile and b.variant == r.variant and b.ok
+        ),
+        None,
+    )
+    if base is not None:
+        change = r.rate / base.rate - 1
+        text = (
+            f"images/s {r.rate:,.0f} vs {base.rate:,.0f} at {base.baseline} ({change:+.1%}; "
+            f"issue 11: loss <= {TARGET_NO_TRANSFORM_LOSS:.0%})"
+        )
+        checks.append((text, change >= -TARGET_NO_TRANSFORM_LOSS))
+    return checks
+
+
+def _transform_checks(results: list[Result], r: Result) -> list[tuple[str, bool]]:
+    """Issue 11's targets for one ldawt row of a transform profile."""
+    checks = []
+    best = img2dataset_best(results, r.profile)
+    want = TARGET_TRANSFORM_SPEEDUP[r.profile]
+    if best:
+        x = r.rate / best.rate
+        text = f"images/s {x:.2f}x img2dataset ({r.rate:,.0f} vs {best.rate:,.0f}; >= {want:g}x)"
+        mine, theirs = r.cpu_ms_per_image, best.cpu_ms_per_image
+        if mine and theirs:  # less sensitive to other load on the machine than images/s
+            text += (
+                f"; for information, CPU per image {mine:.1f} vs {theirs:.1f} ms = "
+                f"{theirs / mine:.2f}x"
+            )
+        checks.append((text, x >= want))
+    q = r.quality or {}
+    if "compared" in q:
+        equal = q["same"] + q["transposed"]
+        text = (
+            f"output size = img2dataset's for {equal:,}/{q['compared']:,} images "
+            f"({q['transposed']:,} from EXIF-rotated originals, compared transposed; "
+            f"{q['missing']:,} of img2dataset's missing, {q['extra']:,} extra)"
+        )
+        checks.append((text, q["differs"] == 0 and q["missing"] == 0 and q["compared"] > 0))
+    if q.get("psnr_vs_base") is not None:
+        base_db = q["psnr_mean"] - q["psnr_vs_base"]
+        text = (
+            f"mean PSNR {q['psnr_mean']:.2f} dB vs img2dataset {base_db:.2f} dB "
+            f"({q['psnr_vs_base']:+.2f}; >= -{TARGET_PSNR_DROP_DB}) over {q['psnr_sources']} "
+            "distinct originals"
+        )
+        checks.append((text, q["psnr_vs_base"] >= -TARGET_PSNR_DROP_DB))
+    if q.get("manifest_checked"):
+        text = (
+            f"manifest width/height = stored image for "
+            f"{q['manifest_checked'] - q['manifest_differs']:,}/{q['manifest_checked']:,}"
+        )
+        checks.append((text, q["manifest_differs"] == 0))
+    elif q:
+        checks.append((f"manifest width/height: {q['manifest_note']}", False))
+    rss_mb = r.peak_rss / 1e6
+    if r.procs == 1:
+        text = f"peak RSS {rss_mb:.0f} MB, one process (<= {TARGET_TRANSFORM_RSS_MB:.0f})"
+        checks.append((text, rss_mb <= TARGET_TRANSFORM_RSS_MB))
+    else:
+        one_mb = r.peak_proc_rss / 1e6
+        text = (
+            f"largest single process {one_mb:.0f} MB (<= {TARGET_TRANSFORM_RSS_MB:.0f}; for "
+            f"information: the tree of {r.procs} holds {rss_mb:.0f} MB)"
+        )
+        checks.append((text, one_mb <= TARGET_TRANSFORM_RSS_MB))
+    checks.append((f"rows in manifests {r.accounted}/{r.rows}", r.accounted == r.rows))
+    return checks

@@ -1,8 +1,11 @@
 """ldawt's benchmark: ldawt vs img2dataset 1.47 vs a bare aiohttp client, side by side,
-against a loopback nginx origin, in two profiles (plain HTTP; HTTPS + 40 ms first byte).
+against a loopback nginx origin, in two download profiles (plain HTTP; HTTPS + 40 ms first
+byte) and, on request, two transform profiles (resize to border 256 / keep_ratio 512 from
+1024-2048 px photo-like JPEGs).
 
-    python3 bench/run.py                 # 20,000 rows, everything
+    python3 bench/run.py                 # 20,000 rows, everything but the transform profiles
     python3 bench/run.py --rows 5000 --only bare,ldawt --profiles plain
+    python3 bench/run.py --profiles plain,transform --ldawt-rev worktree --ldawt-baseline-rev HEAD
 
 Run by hand (not part of CI). Creates its venvs under bench/.work/ on first use. See
 bench/README.md for what each row means.
@@ -24,12 +27,17 @@ import venv
 from pathlib import Path
 
 import benchenv
+import transform_check  # stdlib only at import
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_WORK = BENCH_DIR / ".work"
 DEFAULT_SOURCE = REPO / ".." / "shared" / "data" / "inat_subset_45k.parquet"
 CLIENTS = ("bare", "img2dataset", "ldawt")
+DOWNLOAD_PROFILES = ("plain", "tls")
+TRANSFORM_PROFILES = transform_check.PROFILES
+"""Transform profile -> (resize mode, image size), for img2dataset and ldawt alike."""
+PROFILE_GROUPS = {"transform": tuple(TRANSFORM_PROFILES)}
 
 
 def log(msg: str) -> None:
@@ -66,13 +74,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2_000,
         help="rows for img2dataset with the system CA bundle (about 55/s; 0 skips the row)",
     )
-    ap.add_argument("--profiles", default="plain,tls", help="plain,tls or one of them")
+    ap.add_argument(
+        "--profiles",
+        default="plain,tls",
+        help="comma-separated: plain, tls, border256, keep_ratio512, or transform (= both "
+        "transform profiles); default plain,tls",
+    )
     ap.add_argument("--only", default=",".join(CLIENTS), help="clients: bare,img2dataset,ldawt")
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the real URL list")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="venvs, corpus, outputs")
     ap.add_argument("--out-root", type=Path, help="where clients write (default WORK/out)")
     ap.add_argument("--keep-output", action="store_true", help="keep each client's output")
     ap.add_argument("--distinct", type=int, default=300, help="distinct JPEGs in the corpus")
+    ap.add_argument(
+        "--transform-rows",
+        type=int,
+        default=3_000,
+        help="rows of the URL list per row of the transform profiles (default 3,000)",
+    )
+    ap.add_argument(
+        "--transform-distinct",
+        type=int,
+        default=128,
+        help="distinct photo-like 1024-2048 px JPEGs in the transform profiles' corpus",
+    )
     ap.add_argument("--delay-ms", type=float, default=40.0, help="profile 2 first-byte delay")
     ap.add_argument("--nginx-workers", type=int, default=2)
     ap.add_argument(
@@ -87,6 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="git revision of ldawt to measure (installed from git archive), or 'worktree'",
     )
     ap.add_argument("--ldawt-bin", help="an ldawt-manager executable (overrides --ldawt-rev)")
+    ap.add_argument(
+        "--ldawt-baseline-rev",
+        help="also measure this ldawt revision in the download profiles (its rows follow the "
+        "measured revision's), and check the measured one loses <= 5%% images/s against it",
+    )
     ap.add_argument("--ldawt-engine", default="local", choices=["local", "taskvine"])
     ap.add_argument("--local-workers", type=int, default=2, help="taskvine engine only")
     ap.add_argument("--ldawt-args", default="", help="extra arguments for ldawt-manager submit")
@@ -103,57 +133,81 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if unknown := set(args.only.split(",")) - set(CLIENTS):
         ap.error(f"--only: unknown client(s) {sorted(unknown)}; choose from {list(CLIENTS)}")
-    if unknown := set(args.profiles.split(",")) - {"plain", "tls"}:
-        ap.error(f"--profiles: unknown profile(s) {sorted(unknown)}; choose plain, tls")
+    known = (*DOWNLOAD_PROFILES, *TRANSFORM_PROFILES, *PROFILE_GROUPS)
+    asked = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    if unknown := set(asked) - set(known):
+        ap.error(f"--profiles: unknown profile(s) {sorted(unknown)}; choose from {list(known)}")
+    expanded = [q for p in asked for q in PROFILE_GROUPS.get(p, (p,))]
+    args.profile_list = list(dict.fromkeys(expanded))  # in order, once each
     if args.rows < 1 or args.repeat < 1 or args.ca_bundle_rows < 0:
         ap.error("--rows and --repeat must be >= 1, --ca-bundle-rows >= 0")
+    if args.transform_rows < 1 or args.transform_distinct < 1:
+        ap.error("--transform-rows and --transform-distinct must be >= 1")
     return args
 
 
 # ---------------------------------------------------------------- the run
 
 
-def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path, meta: dict) -> list:
-    """Every row of the benchmark, in run order; a skipped row is a (name, profile, why)."""
+def build_jobs(
+    args: argparse.Namespace, origin, lists: dict, out_root: Path, meta: dict, source_of
+) -> list:
+    """Every row of the benchmark, in run order; a skipped row is a (name, profile, rows, why).
+    ``source_of`` maps a URL of the transform profiles to its corpus file (for their checks)."""
     import clients
     import ldawt_install
 
     only = set(args.only.split(","))
     jobs: list = []
     i2d_bin = ensure_img2dataset(args.work) if "img2dataset" in only else None
-    ldawt_bin = None
+    ldawt_bin = baseline_bin = None
+    transform_why = ""
     if "ldawt" in only:
         ldawt_bin, meta["ldawt"] = ldawt_install.find(
             args.ldawt_bin, args.ldawt_rev, args.work, log
         )
-    shard_size = args.i2d_shard_size or max(100, min(10_000, args.rows // 8))
-    for profile in args.profiles.split(","):
-        urls = lists[profile]
+        if ldawt_bin and not ldawt_install.supports(ldawt_bin, "--resize-mode"):
+            transform_why = f"`ldawt-manager submit` has no --resize-mode at {meta['ldawt']}"
+        wants_download = any(p in DOWNLOAD_PROFILES for p in args.profile_list)
+        if args.ldawt_baseline_rev and wants_download:
+            baseline_bin, meta["ldawt_baseline"] = ldawt_install.find(
+                None, args.ldawt_baseline_rev, args.work, log, slot="-baseline"
+            )
+    first_transform = next((p for p in args.profile_list if p in TRANSFORM_PROFILES), None)
+    for profile in args.profile_list:
+        resize = TRANSFORM_PROFILES.get(profile)
+        rows = args.transform_rows if resize else args.rows
+        urls = lists["transform"] if resize else lists[profile]
+        urls_txt = lists["transform_txt"] if resize else lists[f"{profile}_txt"]
         cert = origin.cert if profile == "tls" else None
         base = out_root / profile
-        if "bare" in only:
-            for tar in (False, True):
+        shard_size = args.i2d_shard_size or max(100, min(10_000, rows // 8))
+        if "bare" in only and (not resize or profile == first_transform):
+            # in the transform profiles: one reference row, no transform (the same for both)
+            for tar in (False, True) if not resize else (False,):
                 name = "bare aiohttp, tarfile" if tar else "bare aiohttp, discard"
+                if resize:
+                    name += " (no transform)"
                 out = base / ("bare-tar" if tar else "bare-discard")
                 jobs.append(
-                    clients.bare_job(
-                        name, profile, lists[f"{profile}_txt"], out, args.rows, tar=tar, cafile=cert
-                    )
+                    clients.bare_job(name, profile, urls_txt, out, rows, tar=tar, cafile=cert)
                 )
         if i2d_bin:
             name = "img2dataset 1.47" + (" (SSL_CERT_FILE=test cert)" if cert else "")
-            jobs.append(
-                clients.img2dataset_job(
-                    name,
-                    profile,
-                    i2d_bin,
-                    urls,
-                    base / "img2dataset",
-                    args.rows,
-                    cert_file=cert,
-                    shard_size=shard_size,
-                )
+            job = clients.img2dataset_job(
+                name,
+                profile,
+                i2d_bin,
+                urls,
+                base / "img2dataset",
+                rows,
+                cert_file=cert,
+                shard_size=shard_size,
+                resize=resize,
             )
+            if resize:
+                job.inspect = lambda out: transform_check.inspect_img2dataset(out, source_of)
+            jobs.append(job)
             if cert and args.ca_bundle_rows:
                 bundle = clients.cert_bundle_with_system_cas(cert, args.work)
                 capped = lists["tls_capped"]
@@ -170,29 +224,45 @@ def build_jobs(args: argparse.Namespace, origin, lists: dict, out_root: Path, me
                     )
                 )
         if "ldawt" in only:
-            variants = [("", args.ldawt_args)]
+            resizing = []
+            if resize:
+                resizing = ["--resize-mode", resize[0], "--image-size", str(resize[1])]
+                # one shard per core, so that the default engine runs one worker per core as in
+                # a long job (the default 5,000 rows per shard would make this list one shard)
+                resizing += ["--shard-size", str(-(-rows // (os.cpu_count() or 1)))]
+            variants = [""]
             if args.ldawt_extra_row.strip():
-                extra = f"{args.ldawt_args} {args.ldawt_extra_row}".strip()
-                variants.append((f", {args.ldawt_extra_row.strip()}", extra))
-            for i, (suffix, extra) in enumerate(variants):
-                name = f"ldawt ({args.ldawt_engine} engine{suffix})"
-                if ldawt_bin is None:
-                    jobs.append((name, profile, args.rows, meta["ldawt"]))
-                    continue
-                jobs.append(
-                    clients.ldawt_job(
+                variants.append(args.ldawt_extra_row.strip())
+            revisions = [("", ldawt_bin, meta["ldawt"])]
+            if args.ldawt_baseline_rev and not resize:
+                revisions.append(
+                    (args.ldawt_baseline_rev, baseline_bin, meta.get("ldawt_baseline", ""))
+                )
+            for i, variant in enumerate(variants):
+                extra = resizing + f"{args.ldawt_args} {variant}".split()  # the user's win
+                for rev, exe, desc in revisions:
+                    suffix = f", {variant}" if variant else ""
+                    label = f"ldawt {rev}" if rev else "ldawt"
+                    name = f"{label} ({args.ldawt_engine} engine{suffix})"
+                    if exe is None or (resize and transform_why):
+                        jobs.append((name, profile, rows, desc if exe is None else transform_why))
+                        continue
+                    job = clients.ldawt_job(
                         name,
                         profile,
-                        ldawt_bin,
+                        exe,
                         urls,
-                        base / f"ldawt-{i}",
-                        args.rows,
+                        base / (f"ldawt-{i}" + ("-baseline" if rev else "")),
+                        rows,
                         cert_file=cert,
                         engine=args.ldawt_engine,
                         local_workers=args.local_workers,
-                        extra=extra.split(),
+                        extra=extra,
                     )
-                )
+                    job.variant, job.baseline = variant, rev
+                    if resize:
+                        job.inspect = lambda out: transform_check.inspect_ldawt(out, source_of)
+                    jobs.append(job)
     return jobs
 
 
@@ -251,12 +321,18 @@ def run_job(job, keep_output: bool, origin):
     res.wall_s, res.cpu_s, res.returncode = stats.wall_s, stats.cpu_s, stats.returncode
     res.peak_rss, res.peak_pss = stats.peak_rss, stats.peak_pss
     res.peak_proc_rss, res.procs = stats.peak_proc_rss, stats.max_procs
+    res.variant, res.baseline = job.variant, job.baseline
     try:
         counted = job.count(job)
         res.ok, res.bytes, res.accounted = counted.ok, counted.bytes, counted.accounted
         res.detail = counted.detail
     except Exception as e:  # a client that wrote nothing readable still gets its row
         res.detail = f"could not count the output: {e!r}"
+    if job.inspect is not None:  # the transform profiles: read what was stored, then delete it
+        try:
+            res.stored = job.inspect(job.out_dir)
+        except Exception as e:
+            res.detail = f"{res.detail} could not read the stored images: {e!r}".strip()
     if stats.timed_out:
         res.detail = f"TIMED OUT after {job.timeout_s:.0f}s; {res.detail}"
     res.detail = " ".join([res.detail, *stats.notes]).strip()
@@ -293,15 +369,32 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": _machine(), "corpus": info.summary(), "load_start": _load()}
     log(f"machine: {meta['machine']}; load average {meta['load_start']}")
     log(f"corpus: {meta['corpus']}")
+    transform_info = source_of = None
+    if any(p in TRANSFORM_PROFILES for p in args.profile_list):
+        transform_info = corpus.build_transform_corpus(
+            args.work / "corpus-transform",
+            args.work / "transform-corpus",
+            args.transform_distinct,
+            log,
+        )
+        meta["transform_corpus"] = transform_info.summary()
+        log(f"transform corpus: {meta['transform_corpus']}")
+        source_of = transform_check.source_finder(transform_info.root)
     out_root = (args.out_root or args.work / "out").resolve()
     runs: dict[int, list] = {}  # job index -> its measured rounds
     origin = origin_mod.Origin(
-        args.work / "nginx", info.root, args.delay_ms / 1000, args.nginx_workers
+        args.work / "nginx",
+        info.root,
+        args.delay_ms / 1000,
+        args.nginx_workers,
+        transform_corpus=transform_info.root if transform_info else None,
     )
     code = 0
     try:
         origin.start()
         log(f"nginx: {origin.http_base} (plain), {origin.https_base} (TLS, {args.delay_ms} ms)")
+        if transform_info:
+            log(f"nginx: {origin.transform_base} (transform profiles' corpus, plain)")
         lists = corpus.write_url_lists(
             args.source, args.rows, args.work / "lists",
             {"plain": origin.http_base, "tls": origin.https_base},
@@ -311,9 +404,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.source, args.ca_bundle_rows, args.work / "lists",
                 {"tls_capped": origin.https_base},
             )["tls_capped"]  # fmt: skip
-        meta["origin"] = _verify_origin(origin, lists["plain_txt"], info.root)
+        if transform_info:
+            lists.update(
+                corpus.write_url_lists(
+                    args.source, args.transform_rows, args.work / "lists",
+                    {"transform": origin.transform_base},
+                )
+            )  # fmt: skip
+        meta["origin"] = _verify_origin(
+            origin, lists["plain_txt"], info.root, transform_info.root if transform_info else None
+        )
         log(f"origin verified: {meta['origin']}")
-        jobs = build_jobs(args, origin, lists, out_root, meta)
+        jobs = build_jobs(args, origin, lists, out_root, meta, source_of)
         runs.update({i: [] for i in range(len(jobs))})
         for round_no in range(1, args.repeat + 1):  # rounds interleave the clients
             if args.repeat > 1:
@@ -336,6 +438,14 @@ def main(argv: list[str] | None = None) -> int:
         origin.stop()
         meta["load_end"] = _load()
         results = [_best(r) for r in runs.values() if r]
+        stored = {id(r): r.stored for r in results if getattr(r, "stored", None) is not None}
+        if stored:
+            log("transform profiles: comparing stored sizes and PSNR ...")
+            try:
+                transform_check.compare(results, stored, source_of)
+            except Exception as e:  # the figures are still printed
+                log(f"transform checks failed: {e!r}")
+                meta["transform_check_error"] = repr(e)
         if results:
             _print_and_save(args, results, meta, time.monotonic() - t_start)
     if args.writer_bench and code == 0:
@@ -362,20 +472,30 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _verify_origin(origin, urls_txt: Path, corpus_root: Path) -> str:
-    """Check a spread of paths on both servers (see Origin.verify); a one-line summary."""
+def _verify_origin(
+    origin, urls_txt: Path, corpus_root: Path, transform_root: Path | None = None
+) -> str:
+    """Check a spread of paths on every server (see Origin.verify); a one-line summary."""
     import corpus
 
     urls = urls_txt.read_text().split()
     step = max(1, len(urls) // 12)
     paths = ["/" + u.split("/", 3)[3] for u in urls[::step][:12]]
-    ttfb = origin.verify(paths, lambda p: corpus.corpus_file_for_path(corpus_root, p))
+    transform_file = None
+    if transform_root is not None:
+        transform_file = lambda p: corpus.corpus_file_for_path(transform_root, p)  # noqa: E731
+    ttfb = origin.verify(
+        paths, lambda p: corpus.corpus_file_for_path(corpus_root, p), transform_file
+    )
     mid = len(paths) // 2
+    transform = ""
+    if "transform" in ttfb:
+        transform = f", transform server median {ttfb['transform'][mid] * 1e3:.2f} ms"
     return (
         f"{len(paths)} paths on one keep-alive connection per server, bodies equal the corpus "
         f"JPEGs; first byte "
         f"plain median {ttfb['plain'][mid] * 1e3:.2f} ms, TLS {min(ttfb['tls']) * 1e3:.1f}-"
-        f"{max(ttfb['tls']) * 1e3:.1f} ms (median {ttfb['tls'][mid] * 1e3:.1f} ms)"
+        f"{max(ttfb['tls']) * 1e3:.1f} ms (median {ttfb['tls'][mid] * 1e3:.1f} ms){transform}"
     )
 
 
@@ -389,15 +509,23 @@ def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed
         f"machine: {meta['machine']}",
         f"load average (1/5/15 min): start {meta['load_start']}, end {meta.get('load_end')}",
         f"corpus: {meta['corpus']}",
+        *([f"transform corpus: {meta['transform_corpus']}"] if "transform_corpus" in meta else []),
         f"origin: nginx, {args.nginx_workers} workers; {meta.get('origin', 'not verified')}",
         f"ldawt: {meta.get('ldawt', 'not run')}",
+        *([f"ldawt baseline: {meta['ldawt_baseline']}"] if "ldawt_baseline" in meta else []),
+        *(
+            [f"rows: {args.rows:,} (download profiles), {args.transform_rows:,} (transform)"]
+            if "transform_corpus" in meta
+            else []
+        ),
         f"whole run: {elapsed:.0f} s"
         + (" (INTERRUPTED: rows missing)" if "interrupted" in meta else ""),
     ]
     print("\n" + "\n".join(header))
     print(report.render_text(results))
+    title = "targets (issue 2; issue 11 for the transform profiles and the baseline comparison)"
     if lines:
-        print("\n== targets (issue 2)\n" + "\n".join(lines))
+        print(f"\n== {title}\n" + "\n".join(lines))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.work / "results"
     out.mkdir(exist_ok=True)
@@ -406,7 +534,7 @@ def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed
         "\n".join(f"- {h}" for h in header)
         + "\n\n"
         + report.render_markdown(results)
-        + ("\n**targets (issue 2)**\n\n" if lines else "")
+        + (f"\n**{title}**\n\n" if lines else "")
         + "\n".join(f"- {line}" for line in lines)
         + "\n"
     )
