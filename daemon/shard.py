@@ -37,7 +37,7 @@ from .contract import (
 )
 from .fetcher.fetch import Download, Fetcher
 from .packer.manifest import write_manifest, write_stats
-from .packer.members import MemberPacker
+from .packer.members import SIZE_FIELDS, MemberPacker
 from .packer.tarwriter import TarWriter
 from .runtime import get_runtime
 from .storage import upload
@@ -47,16 +47,7 @@ from .transform.verify import hash_mismatch
 
 PROGRESS_INTERVAL_S = 1.0
 # What a duplicate row shares with the row that fetched its URL.
-SHARED_WITH_DUPLICATES = (
-    "sha256",
-    "content_type",
-    "member",
-    "width",
-    "height",
-    "orig_width",
-    "orig_height",
-    "stored_bytes",
-)
+SHARED_WITH_DUPLICATES = ("sha256", "content_type", "member", *SIZE_FIELDS, "stored_bytes")
 # Time granted after the shard's own deadline to cancel downloads and commit what is done.
 COMMIT_GRACE_S = 120.0
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ldawt.daemon.contract import ROBOTS_MODES, FetchOptions, TransformOptions
+from ldawt.daemon.contract import LAYOUTS, ROBOTS_MODES, FetchOptions, TransformOptions
 from ldawt.daemon.storage import is_url
 from ldawt.daemon.transform.options import ENCODE_FORMATS, RESIZE_MODES
 
@@ -111,7 +111,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--layout",
-        choices=("class", "webdataset"),
+        choices=LAYOUTS,
         default=PLAN_DEFAULTS.layout,
         help="tar layout: class = <class>/<key>.<ext> (ImageFolder); "
         "webdataset = <key>.<ext> + <key>.json + <key>.cls (default: %(default)s)",

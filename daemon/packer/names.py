@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 
+from ..contract import LAYOUTS
+
 # Most filesystems allow 255 bytes per path component; leave room for "_NN" and the extension.
 MAX_COMPONENT_BYTES = 200
 _REPLACED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
@@ -42,7 +44,7 @@ class MemberNamer:
     """
 
     def __init__(self, layout: str) -> None:
-        if layout not in ("class", "webdataset"):
+        if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}: use 'class' or 'webdataset'")
         self.layout = layout
         self._taken: set[str] = set()
