@@ -26,6 +26,8 @@ import pyarrow as pa
 
 from .fetcher.options import ROBOTS_MODES as ROBOTS_MODES  # the choices of --robots
 from .fetcher.options import FetchOptions
+from .fetcher.throttles import ThrottledHost
+from .fetcher.throttles import ThrottleLog as ThrottleLog  # sums throttled_hosts of results
 from .records import known_fields
 from .storage import RemotePath, is_url
 from .transform.options import TransformOptions
@@ -322,6 +324,10 @@ class ShardResult(TypedDict, total=False):
     stats_path: str
     connections_new: int
     connections_reused: int
+    throttled_hosts: list[ThrottledHost]
+    """The hosts that pushed back on this shard's requests (at most ``throttles.TOP_HOSTS``,
+    most first): per host its 429/503 answers (``throttled``), the host-wide pauses their
+    Retry-After started (``pauses``) and the halvings of its concurrency limit (``halvings``)."""
     host: str
     pid: int
     # Added by the TaskVine library and engine:

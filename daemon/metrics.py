@@ -143,6 +143,31 @@ HOST_THROTTLED = Counter(
     ["host"],
     registry=REGISTRY,
 )
+HOSTS_PAUSED = Gauge(
+    "ldawt_hosts_paused",
+    "Hosts paused now: a 429 or 503 with Retry-After stopped new requests to them until then.",
+    registry=REGISTRY,
+)
+HOST_PAUSES = Counter(
+    "ldawt_host_pauses",
+    "Host-wide pauses started by a 429 or 503 with Retry-After, by host (bounded set).",
+    ["host"],
+    registry=REGISTRY,
+)
+HOST_HALVINGS = Counter(
+    "ldawt_host_limit_halvings",
+    "Halvings of a host's concurrency limit (429/503 without Retry-After, or a run of "
+    "timeouts and resets), by host (bounded set).",
+    ["host"],
+    registry=REGISTRY,
+)
+HOST_LIMIT = Gauge(
+    "ldawt_host_concurrency_limit",
+    "A host's current limit on requests in flight (--per-host until it pushes back), for the "
+    "hosts with a label of their own whose limit changed.",
+    ["host"],
+    registry=REGISTRY,
+)
 LIBRARY_START = Gauge(
     "ldawt_library_start_time_seconds",
     "Unix time at which this daemon (library process) started.",

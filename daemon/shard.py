@@ -36,6 +36,7 @@ from .contract import (
     failure_result,
 )
 from .fetcher.fetch import Download, Fetcher
+from .fetcher.throttles import CURRENT_LOG, ThrottleLog
 from .packer.manifest import write_manifest, write_stats
 from .packer.members import SIZE_FIELDS, MemberPacker
 from .packer.tarwriter import TarWriter
@@ -164,6 +165,8 @@ async def _process_shard(
     files = spec.files
 
     tally = _Tally()
+    throttles = ThrottleLog()
+    CURRENT_LOG.set(throttles)  # this task's context: the download tasks below inherit it
     outcomes: list[dict[str, Any] | None] = [None] * len(rows)
     writer = TarWriter(files.tar, spec.compress)
     packer = MemberPacker(writer, spec.layout)
@@ -225,6 +228,7 @@ async def _process_shard(
         stats_path=str(files.stats),
         connections_new=tally.connections_new,
         connections_reused=tally.connections_reused,
+        throttled_hosts=throttles.top(),
         host=socket.gethostname(),
         pid=os.getpid(),
     )

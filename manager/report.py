@@ -5,6 +5,7 @@ hosts)."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ldawt.daemon.contract import SUCCESSES, Status
+from ldawt.daemon.contract import SUCCESSES, Status, ThrottledHost, ThrottleLog
 from ldawt.daemon.storage import readable
 
 from .console import format_duration
@@ -187,6 +188,7 @@ def report(run: JobRun) -> dict[str, Any]:
         },
         "by_status": dict(by_status.most_common()),
         "failures_by_host": _failures_by_host(host_status),
+        "throttled_hosts": throttled_hosts(run),
         "classes": {
             "count": len(images),
             "top": [{"class": c, "images": n} for c, n in ranked[:TOP]],
@@ -219,6 +221,21 @@ def _failures_by_host(host_status: dict[str, Counter[str]]) -> list[dict[str, An
                 }
             )
     return sorted(failing, key=lambda item: (-item["failed"], item["host"]))[: TOP * 2]
+
+
+def throttled_hosts(run: JobRun) -> list[ThrottledHost]:
+    """The hosts that pushed back on the job (the shards' stats name them, each its top ones),
+    most first: 429/503 answers, host-wide pauses and concurrency-limit halvings, summed over
+    the committed shards (every round's)."""
+    totals = ThrottleLog()
+    for shard in run.ledger.shards([DONE]):
+        try:
+            stats = json.loads(run.files(shard.shard_id).stats.read_text())
+        except (OSError, ValueError):  # gone since it was checked: the other shards still tell
+            continue
+        for item in stats.get("throttled_hosts") or ():
+            totals.add(item)
+    return totals.top(TOP * 2)
 
 
 def _filtered(by_status: Counter[str]) -> dict[str, Any]:
@@ -457,6 +474,17 @@ def format_report(figures: dict[str, Any]) -> str:
             lines.append(
                 f"  {item['host']:<40} {item['failed']:>10,} of {item['rows']:,}  {detail}"
             )
+    if figures["throttled_hosts"]:
+        lines += [
+            "",
+            "hosts that throttled the job (429/503 answers, pauses for their Retry-After, "
+            "halvings of their concurrency limit):",
+            f"  {'host':<40} {'answers':>10} {'pauses':>8} {'halvings':>9}",
+        ]
+        lines += [
+            f"  {h['host']:<40} {h['throttled']:>10,} {h['pauses']:>8,} {h['halvings']:>9,}"
+            for h in figures["throttled_hosts"]
+        ]
     classes = figures["classes"]
     lines += ["", f"classes: {classes['count']:,}; most images:"]
     lines += [f"  {c['images']:>10,}  {c['class']}" for c in classes["top"]]

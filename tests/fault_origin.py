@@ -32,6 +32,15 @@ class FaultOrigin:
         """The instant named by each Retry-After HTTP date sent, by path (whole seconds)."""
         self.in_flight = 0
         self.max_in_flight = 0
+        self.seen_in_flight: list[tuple[float, int]] = []
+        """(``time.time()``, requests in flight with this one) at every request's arrival."""
+        self.answered: list[tuple[float, int]] = []
+        """(``time.time()``, status) of every 429 and 503 sent by /throttle and /busy."""
+        self.throttle_s = 3.0
+        self.throttle_retry_after = 2
+        self._throttle_start: float | None = None
+        self.busy_limit = 4
+        self.busy_hold_s = 0.05
         self.user_agents: list[str] = []
         """The User-Agent header of every request, in order."""
         self.robots_txt: str | None = None
@@ -55,6 +64,7 @@ class FaultOrigin:
         self.arrivals[request.path].append(time.time())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.seen_in_flight.append((time.time(), self.in_flight))
         try:
             return await self._route(request, request.path.strip("/").split("/"))
         finally:
@@ -118,6 +128,24 @@ class FaultOrigin:
                 code = int(request.query.get("code", "429"))
                 return web.Response(status=code, headers={"Retry-After": value})
             return web.Response(body=self.body(rest[1]), content_type="image/jpeg")
+        if kind == "throttle":
+            # /throttle/<name>: 429 with Retry-After ``throttle_retry_after`` to every request
+            # during the ``throttle_s`` seconds from the first /throttle request; then the image
+            now = time.time()
+            self._throttle_start = self._throttle_start or now
+            if now - self._throttle_start < self.throttle_s:
+                self.answered.append((now, 429))
+                headers = {"Retry-After": str(self.throttle_retry_after)}
+                return web.Response(status=429, headers=headers)
+            return web.Response(body=self.body(rest[0]), content_type="image/jpeg")
+        if kind == "busy":
+            # /busy/<name>: 503 (no Retry-After) when more than ``busy_limit`` requests are in
+            # flight with this one, else the image after ``busy_hold_s``
+            if self.in_flight > self.busy_limit:
+                self.answered.append((time.time(), 503))
+                return web.Response(status=503, text="too busy")
+            await asyncio.sleep(self.busy_hold_s)
+            return web.Response(body=self.body(rest[0]), content_type="image/jpeg")
         if kind == "flaky":  # /flaky/<code>/<failures>/<name>
             if hits <= int(rest[1]):
                 return web.Response(status=int(rest[0]), text="try later")

@@ -117,6 +117,9 @@ def exported_names() -> set[str]:
     labels = daemon_metrics.BoundedHostLabels()("origin.test")
     daemon_metrics.observe_response(labels, 429)
     daemon_metrics.HOST_WAIT.labels(labels).inc(0.1)
+    daemon_metrics.HOST_PAUSES.labels(labels).inc()
+    daemon_metrics.HOST_HALVINGS.labels(labels).inc()
+    daemon_metrics.HOST_LIMIT.labels(labels).set(4)
     daemon_metrics.RETRIES.labels("timeout").inc()
     manager_metrics.record_shard_result(
         {"ok": True, "counts": {"ok": 1}, "bytes": 1, "elapsed_s": 1.0}
@@ -211,5 +214,8 @@ def test_dashboards_cover_the_issue() -> None:
         "Rate-limit wait (seconds waited per second)",
         "HTTP 429 by host",
         "HTTP 5xx by host",
+        "Hosts paused",
+        "Concurrency limit by host (lowest first)",
+        "Pauses and limit halvings by host",
     ):
         assert wanted in titles

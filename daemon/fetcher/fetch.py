@@ -69,7 +69,9 @@ class Fetcher:
         self._session = open_session(options)
         self._slots = asyncio.Semaphore(options.concurrency)
         self._host_labels = metrics.BoundedHostLabels()
-        self._hosts = HostLimiter(options.per_host, options.host_rps, self._host_labels)
+        self._hosts = HostLimiter(
+            options.per_host, options.host_rps, self._host_labels, options.retry_after_max
+        )
         self.budget = ByteBudget(options.max_buffered_bytes)
         self._robots = RobotsCache()
 

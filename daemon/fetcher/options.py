@@ -35,7 +35,8 @@ class FetchOptions:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     retry_after_max: float = 60.0
-    """Longest wait granted to a server's Retry-After."""
+    """Longest wait granted to a server's Retry-After (a 429 or 503 with one pauses its whole
+    host in the process that long at most)."""
     max_bytes: int = 50 * 1024 * 1024
     max_buffered_bytes: int = 32 * 1024 * 1024
     """Image bytes held in memory (downloaded, not yet written) before new reads wait."""
@@ -81,11 +82,13 @@ class FetchOptions:
         return dataclasses.asdict(self)
 
     def session_key(self) -> tuple[Any, ...]:
-        """The fields that shape the connection pool; shards that agree on them share one."""
+        """The fields that shape the connection pool and the per-host limits; shards that agree
+        on them share one."""
         return (
             self.concurrency,
             self.per_host,
             self.host_rps,
+            self.retry_after_max,
             self.allow_private,
             self.tls_verify,
             self.ca_file,

@@ -1,0 +1,200 @@
+"""Adaptive per-host control against real origins on 127.0.0.1: a host that asks for pauses
+with Retry-After (submit and report, as users run them), a host that refuses more than four
+requests at a time (one shard), and the limiter's memory for many hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fault_origin import FaultOrigin
+from manager_support import url_table
+from shard_input import write_shard_input
+
+from ldawt.daemon import metrics
+from ldawt.daemon.fetcher import politeness
+from ldawt.daemon.fetcher.errors import FetchFailure
+from ldawt.daemon.fetcher.politeness import HostLimiter
+from ldawt.daemon.fetcher.throttles import CURRENT_LOG, ThrottleLog
+from ldawt.daemon.shard import run_shard
+from ldawt.manager.cli import main
+from ldawt.manager.demo import serve_in_background
+
+HOST = "127.0.0.1"
+# A request the client sent just before the 429 reached it may arrive this much later.
+IN_FLIGHT_SLACK_S = 0.1
+# asyncio may wake a sleeper up to a clock tick early; the origin's clock is the fetcher's.
+CLOCK_SLACK_S = 0.05
+PER_HOST = 12
+
+
+@pytest.fixture
+def origin() -> Iterator[tuple[FaultOrigin, str]]:
+    fault_origin = FaultOrigin()
+    with serve_in_background(fault_origin.app) as port:
+        yield fault_origin, f"http://{HOST}:{port}"
+
+
+def _sample(name: str, host: str = HOST) -> float:
+    return metrics.REGISTRY.get_sample_value(name, {"host": host}) or 0.0
+
+
+def test_retry_after_pauses_the_whole_host(
+    tmp_path: Path, capsys, origin: tuple[FaultOrigin, str]
+) -> None:
+    """429 with ``Retry-After: 2`` to every request of the origin's first 3 s: after each 429
+    no request reaches the origin for the two seconds it asked for (without the host-wide
+    pause the queued rows would go on at once), and every row ends ok."""
+    fault_origin, base = origin
+    rows = 40
+    source = url_table(tmp_path / "in.parquet", [f"{base}/throttle/t{i}.jpg" for i in range(rows)])
+    out = tmp_path / "out"
+    pauses_before = _sample("ldawt_host_pauses_total")
+    paused_before = metrics.HOSTS_PAUSED._value.get()
+    run = ["--engine", "local", "--workers", "1", "--allow-private", "-q"]
+    status = main(["submit", str(source), "--out", str(out), *run, "--per-host", str(PER_HOST)])
+    capsys.readouterr()
+    assert status == 0
+
+    refusals = [when for when, code in fault_origin.answered if code == 429]
+    assert refusals and max(refusals) - min(refusals) > 1.5  # two rounds of pauses at least
+    arrivals = sorted(when for times in fault_origin.arrivals.values() for when in times)
+    for refused in refusals:
+        quiet_to = refused + 2 - CLOCK_SLACK_S
+        early = [
+            when - refused for when in arrivals if refused + IN_FLIGHT_SLACK_S < when < quiet_to
+        ]
+        assert not early, f"requests {early} s after a 429 asking for 2 s"
+        # only requests sent before the 429 came back, at most the per-host limit, arrive later
+        assert sum(1 for when in arrivals if refused < when < quiet_to) < PER_HOST
+
+    figures = json.loads(_command(capsys, "report", out, "--json"))
+    assert figures["by_status"] == {"ok": rows}
+    (throttled,) = figures["throttled_hosts"]
+    assert throttled["host"] == HOST
+    assert throttled["throttled"] == len(refusals)
+    assert throttled["pauses"] >= 2 and throttled["halvings"] == 0
+    assert _sample("ldawt_host_pauses_total") - pauses_before == throttled["pauses"]
+    assert metrics.HOSTS_PAUSED._value.get() == paused_before  # the pauses are over
+    text = _command(capsys, "report", out)
+    assert "hosts that throttled the job" in text
+    line = next(line for line in text.splitlines() if line.strip().startswith(HOST))
+    assert line.split()[1:] == [f"{len(refusals):,}", str(throttled["pauses"]), "0"]
+
+
+def _command(capsys, *args: str | Path) -> str:
+    assert main([str(arg) for arg in args]) == 0
+    return capsys.readouterr().out
+
+
+def test_refusals_without_retry_after_halve_the_host_s_limit(
+    tmp_path: Path, origin: tuple[FaultOrigin, str]
+) -> None:
+    """An origin answering 503 (no Retry-After) whenever more than 4 requests are in flight,
+    to a shard allowed 16 per host: after the first 503s at least three requests in four arrive
+    with at most 4 in flight (at 16 in flight most would be refused, and rows would run out of
+    retries), and every row ends ok."""
+    fault_origin, base = origin
+    rows = 300
+    urls = [f"{base}/busy/b{i}.jpg" for i in range(rows)]
+    keys = [f"k{i}" for i in range(rows)]
+    write_shard_input(tmp_path / "in.parquet", urls, ["bird"] * rows, keys)
+    halvings_before = _sample("ldawt_host_limit_halvings_total")
+    result = run_shard(
+        {
+            "shard_id": "busy",
+            "input_path": str(tmp_path / "in.parquet"),
+            "output_dir": str(tmp_path / "out"),
+            "fetch": {
+                "allow_private": True,
+                "per_host": 16,
+                "concurrency": 64,
+                "retries": 6,
+                "backoff_base": 0.05,
+                "backoff_max": 0.2,
+            },
+        }
+    )
+    assert result["ok"], result
+    manifest = pq.read_table(result["manifest_path"]).to_pylist()
+    assert [row["status"] for row in manifest] == ["ok"] * rows
+
+    first_refusal = min(when for when, code in fault_origin.answered if code == 503)
+    seen = [in_flight for when, in_flight in fault_origin.seen_in_flight if when > first_refusal]
+    within = sum(1 for in_flight in seen if in_flight <= fault_origin.busy_limit)
+    assert len(seen) >= rows // 2
+    assert within / len(seen) >= 0.75, f"{within} of {len(seen)} requests within the limit"
+    (throttled,) = result["throttled_hosts"]
+    assert throttled["host"] == HOST and throttled["pauses"] == 0
+    assert throttled["throttled"] == len(fault_origin.answered)
+    assert throttled["halvings"] >= 2  # 16 -> 8 -> 4 at least
+    assert _sample("ldawt_host_limit_halvings_total") - halvings_before == throttled["halvings"]
+    assert 1 <= _sample("ldawt_host_concurrency_limit") < 16
+
+
+async def _through(limiter: HostLimiter, host: str, outcome: BaseException | None = None) -> None:
+    """One request to ``host`` through the limiter, ending with ``outcome`` (None: answered)."""
+    with contextlib.suppress(Exception):
+        async with limiter.slot(host):
+            if outcome is not None:
+                raise outcome
+
+
+def _refusal(code: int, retry_after: float | None = None) -> FetchFailure:
+    failure = FetchFailure(f"http_{code}", f"HTTP {code}", code)
+    failure.retry_after = retry_after
+    return failure
+
+
+def test_runs_of_connection_failures_halve_and_answers_raise_the_limit() -> None:
+    async def scenario() -> None:
+        limiter = HostLimiter(8, None, metrics.BoundedHostLabels(), retry_after_max=5.0)
+        log = ThrottleLog()
+        CURRENT_LOG.set(log)
+        for _ in range(2):
+            await _through(limiter, "a.test", ConnectionResetError("reset"))
+        await _through(limiter, "a.test")  # an answer ends the run
+        assert limiter._hosts == {}  # nothing to remember: full limit, no pause, no run
+        for _ in range(2):
+            await _through(limiter, "a.test", TimeoutError())
+        assert limiter._hosts["a.test"].limit == 8  # a run under way is remembered
+        await _through(limiter, "a.test", TimeoutError())  # third in a row
+        assert limiter._hosts["a.test"].limit == 4
+        for _ in range(4 + 5 + 6):  # one more slot after as many answers as the limit
+            await _through(limiter, "a.test")
+        assert limiter._hosts["a.test"].limit == 7
+        for _ in range(7):
+            await _through(limiter, "a.test")
+        assert "a.test" not in limiter._hosts  # back at 8, idle: forgotten
+        assert log.top() == [{"host": "a.test", "throttled": 0, "pauses": 0, "halvings": 1}]
+
+    asyncio.run(scenario())
+
+
+def test_host_state_stays_bounded_and_pauses_end() -> None:
+    """More throttled hosts than the limiter remembers: the least recently used are forgotten;
+    a paused host is remembered until its pause ends, then forgotten with its full limit."""
+
+    async def scenario() -> None:
+        limiter = HostLimiter(4, None, metrics.BoundedHostLabels(), retry_after_max=0.2)
+        extra = 50
+        for index in range(politeness.REMEMBERED_HOSTS + extra):
+            await _through(limiter, f"h{index}.test", _refusal(503))
+        assert len(limiter._hosts) == politeness.REMEMBERED_HOSTS
+        assert "h0.test" not in limiter._hosts and f"h{extra}.test" in limiter._hosts
+        paused_before = metrics.HOSTS_PAUSED._value.get()
+        await _through(limiter, "p.test", _refusal(429, retry_after=30.0))  # capped at 0.2 s
+        assert limiter._hosts["p.test"].resume is not None
+        assert metrics.HOSTS_PAUSED._value.get() == paused_before + 1
+        started = asyncio.get_running_loop().time()
+        await _through(limiter, "p.test")  # waits for the pause
+        assert asyncio.get_running_loop().time() - started >= 0.2 - CLOCK_SLACK_S
+        assert "p.test" not in limiter._hosts
+        assert metrics.HOSTS_PAUSED._value.get() == paused_before
+
+    asyncio.run(scenario())
