@@ -253,7 +253,9 @@ def _add_fetch_options(parser: argparse.ArgumentParser, of_latest_run: bool = Fa
         "--per-host",
         type=at_least(1),
         default=DEFAULTS.per_host,
-        help="requests in flight per host (default: %(default)s)",
+        help="most requests in flight per host; a host answering 429/503 without Retry-After "
+        "or timing out repeatedly gets half as many, regained as it answers "
+        "(default: %(default)s)",
     )
     fetch.add_argument(
         "--host-rps",
@@ -528,9 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_cmd = commands.add_parser(
         "report",
-        help="totals, failures by status and host, refused images, stored sizes, classes, "
-        "throughput, slowest hosts",
-        description="Read every committed manifest of DIR and summarise the job.",
+        help="totals, failures by status and host, hosts that throttled the job, refused "
+        "images, stored sizes, classes, throughput, slowest hosts",
+        description="Read every committed manifest (and stats file) of DIR and summarise the job.",
         epilog=SHOW_EXIT_HELP,
     )
     report_cmd.add_argument("dir", type=Path, help="the job's output folder")
