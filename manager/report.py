@@ -478,8 +478,8 @@ def format_report(figures: dict[str, Any]) -> str:
         lines += [
             "",
             "hosts that throttled the job (429/503 answers, pauses for their Retry-After, "
-            "halvings of their concurrency limit):",
-            f"  {'host':<40} {'answers':>10} {'pauses':>8} {'halvings':>9}",
+            "limit halvings):",
+            f"  {'host':<40} {'429/503':>10} {'pauses':>8} {'halvings':>9}",
         ]
         lines += [
             f"  {h['host']:<40} {h['throttled']:>10,} {h['pauses']:>8,} {h['halvings']:>9,}"
