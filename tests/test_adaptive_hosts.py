@@ -198,3 +198,40 @@ def test_host_state_stays_bounded_and_pauses_end() -> None:
         assert metrics.HOSTS_PAUSED._value.get() == paused_before
 
     asyncio.run(scenario())
+
+
+def test_cancelled_waiters_leave_no_slot_behind() -> None:
+    """Rows cancelled (a shard's deadline) while queued for a paused host, or just after being
+    handed a slot, give everything back: the others get through and the host is forgotten."""
+
+    async def scenario() -> None:
+        limiter = HostLimiter(1, None, metrics.BoundedHostLabels(), retry_after_max=0.3)
+        await _through(limiter, "c.test", _refusal(503, retry_after=0.3))
+        queued = [asyncio.create_task(_through(limiter, "c.test")) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert limiter._hosts["c.test"].users == 5 and limiter._hosts["c.test"].active == 0
+        for task in queued[:3]:
+            task.cancel()
+        await asyncio.gather(*queued[:3], return_exceptions=True)
+        await asyncio.wait_for(asyncio.gather(*queued[3:]), timeout=5)
+        assert "c.test" not in limiter._hosts
+
+        gate = asyncio.Event()
+
+        async def hold() -> None:
+            async with limiter.slot("d.test"):
+                await gate.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        first = asyncio.create_task(_through(limiter, "d.test"))
+        second = asyncio.create_task(_through(limiter, "d.test"))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.sleep(0)  # the holder leaves and hands its slot to the first waiter...
+        first.cancel()  # ... which is cancelled before it runs
+        await asyncio.gather(holder, first, return_exceptions=True)
+        await asyncio.wait_for(second, timeout=5)
+        assert first.cancelled() and "d.test" not in limiter._hosts
+
+    asyncio.run(scenario())
