@@ -36,6 +36,7 @@ from .contract import (
     failure_result,
 )
 from .fetcher.fetch import Download, Fetcher
+from .fetcher.shares import ShardShares
 from .packer.manifest import write_manifest, write_stats
 from .packer.members import SIZE_FIELDS, MemberPacker
 from .packer.tarwriter import TarWriter
@@ -168,6 +169,7 @@ async def _process_shard(
     writer = TarWriter(files.tar, spec.compress)
     packer = MemberPacker(writer, spec.layout)
     reporter = asyncio.create_task(_report_progress(spec.shard_id, tally, progress))
+    shares = ShardShares(spec.host_shares)
     timed_out = False
     try:
         pending = (index for index in range(len(rows)) if index not in duplicates)
@@ -175,7 +177,7 @@ async def _process_shard(
         async def download_rows() -> None:
             for index in pending:
                 row = rows[index]
-                download = await fetcher.fetch(row["url"], spec.fetch)
+                download = await fetcher.fetch(row["url"], spec.fetch, shares)
                 outcome = _manifest_row(row, download)
                 if download.status == Status.OK:
                     await _store(spec, row, download, outcome, fetcher, pixels, packer)
