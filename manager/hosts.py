@@ -43,16 +43,22 @@ def hosts_of(urls: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.if_else(pc.equal(host, ""), pa.scalar(None, pa.string()), host)
 
 
-def host_buckets(hosts: pa.Array | pa.ChunkedArray, count: int) -> pa.Array:
-    """A bucket in ``[0, count)`` for each host (null: 0), the same in every process: a
-    host's rows meet in one bucket, and plans do not depend on Python's string hash seed."""
+def host_hashes(hosts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The CRC-32 of each host (null: 0), the same in every process (unlike Python's string
+    hash), computed once per distinct host."""
     if isinstance(hosts, pa.ChunkedArray):
         hosts = hosts.combine_chunks()
     encoded = pc.dictionary_encode(hosts)
     of_value = pa.array(
-        [zlib.crc32(host.encode()) % count for host in encoded.dictionary.to_pylist()], pa.int64()
+        [zlib.crc32(host.encode()) for host in encoded.dictionary.to_pylist()], pa.int64()
     )
     return pc.fill_null(pc.take(of_value, encoded.indices), 0)
+
+
+def host_buckets(hosts: pa.Array | pa.ChunkedArray, count: int) -> pa.Array:
+    """A bucket in ``[0, count)`` for each host: ranges of ``host_hashes``, so that buckets
+    taken in order hold the hosts in hash order, whatever ``count``."""
+    return pc.shift_right(pc.multiply(host_hashes(hosts), count), 32)
 
 
 def counts_path(shard_dir: Path, prefix: str) -> Path:

@@ -16,8 +16,9 @@ Memory is bounded by the size of a partition or a block, not by the row count. T
 depend on the partitioning (a per-process string hash) nor on batch sizes: the same rows and
 options always give the same shards.
 
-With ``group_by_host`` the partitions are numbered by a CRC-32 of the host, and positions are
-renumbered partition after partition, host by host, so that the result stays the same too.
+With ``group_by_host`` the partitions are ranges of a CRC-32 of the host, and positions are
+renumbered partition after partition, host by host in hash order, so that the result does not
+depend on the partitioning either.
 
 The rows each shard holds of each host go to a host counts file (``hosts.HostCounter``), which
 the manager's job-wide per-host limits read.
@@ -46,7 +47,7 @@ import pyarrow.parquet as pq
 from ldawt.daemon.contract import DUPLICATE_OF, INPUT_COLUMNS, FetchOptions, TransformOptions
 
 from .errors import InputError
-from .hosts import HostCounter, counts_path, host_buckets, hosts_of
+from .hosts import HostCounter, counts_path, host_buckets, host_hashes, hosts_of
 from .inputs import UNKNOWN_CLASS, blank_mask
 from .spill import Spill
 
@@ -293,9 +294,14 @@ class ShardWriter:
 
 def _host_positions(table: pa.Table, first: int) -> pa.Table:
     """``table`` with its positions renumbered from ``first`` host by host (rows of a host
-    consecutive, in row order), so that runs of positions hold few hosts each."""
-    hosts = pa.table({"host": hosts_of(table.column("url")), "row": table.column("row")})
-    order = pc.sort_indices(hosts, [("host", "ascending"), ("row", "ascending")])
+    consecutive, in row order), so that runs of positions hold few hosts each. Hosts go in
+    ``host_hashes`` order, the order of the partitions (``host_buckets``): the numbering is
+    the same however many partitions there are."""
+    hosts = hosts_of(table.column("url"))
+    keys = pa.table({"hash": host_hashes(hosts), "host": hosts, "row": table.column("row")})
+    order = pc.sort_indices(
+        keys, [("hash", "ascending"), ("host", "ascending"), ("row", "ascending")]
+    )
     positions = pc.add(pc.sort_indices(order).cast(pa.int64()), first)
     return table.set_column(table.schema.get_field_index(_POSITION), _POSITION, positions)
 
