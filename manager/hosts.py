@@ -7,7 +7,7 @@ whole planning), for the hosts with more than one row in the planning. A host wi
 fetched by one process, whose own limits hold it; the manager's job-wide limits
 (``hostcaps``) need the others. The file's metadata lists every shard it covers, also those
 holding no counted host. Written in bounded memory: counts spill by host, and each bucket is
-summed alone.
+summed alone. Reading the counts of the large hosts skips the rest (``read_counts``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ COUNTS_FOLDER = "host-counts"
 _SHARDS_KEY = b"ldawt_shards"
 _SPILLED = pa.schema([("shard", pa.string()), ("host", pa.string()), ("rows", pa.int64())])
 COUNTS_SCHEMA = _SPILLED.append(pa.field("host_rows", pa.int64()))
+# Row groups of each bucket in descending host_rows: a reader looking for large hosts skips
+# the many groups of small ones by their statistics.
+GROUP_ROWS = 65_536
 
 
 def hosts_of(urls: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -98,7 +101,8 @@ class HostCounter:
                     totals = totals.filter(pc.greater(totals["rows_sum"], 1))
                     totals = totals.rename_columns({"rows_sum": "host_rows"})
                     joined = table.join(totals, "host", join_type="inner")
-                    writer.write_table(joined.select(schema.names).cast(schema))
+                    joined = joined.sort_by([("host_rows", "descending")])
+                    writer.write_table(joined.select(schema.names).cast(schema), GROUP_ROWS)
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, write)
