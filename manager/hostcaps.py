@@ -20,6 +20,10 @@ never to more than ``host_rps``. With no shard running, every unit is free: a sh
 admitted then, so a run cannot stall.
 
 A share is fixed when its shard starts: units freed later go to the shards that start later.
+What the shares do not cover: a process's one robots.txt request per host (it comes before
+that process's image requests to the host), the hops of a redirect chain (one attempt, one
+slot), and a shard that TaskVine runs again on another worker while the library of a worker
+it lost still runs it.
 """
 
 from __future__ import annotations

@@ -104,8 +104,19 @@ def _start(
         if admitted is None:
             refused.append(spec)
         else:
-            pending[executor.submit(_run_reporting, admitted)] = spec
+            pending[_submit(executor, admitted)] = spec
     waiting.extendleft(reversed(refused))
+
+
+def _submit(executor: cf.Executor, spec: ShardSpec) -> cf.Future:
+    """The shard's future; once a worker process died, the pool refuses new work: the future
+    then holds that failure, as those of the shards already queued do."""
+    try:
+        return executor.submit(_run_reporting, spec)
+    except cf.BrokenExecutor as exc:
+        broken: cf.Future = cf.Future()
+        broken.set_exception(exc)
+        return broken
 
 
 def _drain(progress_queue: Any, progress: ProgressCallback) -> None:
