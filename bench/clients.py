@@ -189,6 +189,9 @@ def cert_bundle_with_system_cas(cert: Path, work: Path) -> Path:
 # ---------------------------------------------------------------- ldawt
 
 
+PER_HOST = 256
+
+
 def ldawt_command(
     ldawt_bin: Path,
     urls: Path,
@@ -209,6 +212,11 @@ def ldawt_command(
         "--class-col", "taxon_name",
         "--key-col", "photo_id",
         "--concurrency", str(concurrency),
+        # The origin is one host, and --per-host holds for the whole job: 256 keeps the default
+        # row's two processes at 128 each, as when --per-host (128) was per process, and lets
+        # the one-process row reach its 256 in flight. A --ldawt-baseline-rev from before
+        # job-wide limits reads it per process (two processes: up to 512 in flight).
+        "--per-host", str(PER_HOST),
     ]  # fmt: skip
     if ca_file:  # profile 2: trust only the test certificate (verification stays on)
         cmd += ["--ca-file", str(ca_file)]

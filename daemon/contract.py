@@ -272,6 +272,10 @@ class ShardSpec:
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options of a URL ``output_dir`` (endpoint, credentials, block size); empty: the
     client's standard places (``AWS_*`` variables, profiles)."""
+    host_shares: dict[str, tuple[int, float | None]] = field(default_factory=dict)
+    """This shard's share of the job-wide per-host limits, host -> (requests in flight, requests
+    per second or None), given by the manager (``ldawt.manager.hostcaps``) for the hosts whose
+    rows could break a limit; hosts not named are held by the process's own limits only."""
 
     @property
     def files(self) -> ShardFiles:
@@ -295,6 +299,10 @@ class ShardSpec:
         fields["transform"] = TransformOptions.from_dict(fields.get("transform") or {})
         fields["passthrough"] = tuple(fields.get("passthrough") or ())
         fields["storage_options"] = dict(fields.get("storage_options") or {})
+        fields["host_shares"] = {
+            str(host): (int(slots), None if rate is None else float(rate))
+            for host, (slots, rate) in (fields.get("host_shares") or {}).items()
+        }
         return cls(**fields)
 
     def replace(self, **changes: Any) -> ShardSpec:

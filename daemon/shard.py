@@ -36,6 +36,7 @@ from .contract import (
     failure_result,
 )
 from .fetcher.fetch import Download, Fetcher
+from .fetcher.shares import ShardShares
 from .fetcher.throttles import CURRENT_LOG, ThrottleLog
 from .packer.manifest import write_manifest, write_stats
 from .packer.members import SIZE_FIELDS, MemberPacker
@@ -171,6 +172,7 @@ async def _process_shard(
     writer = TarWriter(files.tar, spec.compress)
     packer = MemberPacker(writer, spec.layout)
     reporter = asyncio.create_task(_report_progress(spec.shard_id, tally, progress))
+    shares = ShardShares(spec.host_shares)
     timed_out = False
     try:
         pending = (index for index in range(len(rows)) if index not in duplicates)
@@ -178,7 +180,7 @@ async def _process_shard(
         async def download_rows() -> None:
             for index in pending:
                 row = rows[index]
-                download = await fetcher.fetch(row["url"], spec.fetch)
+                download = await fetcher.fetch(row["url"], spec.fetch, shares)
                 outcome = _manifest_row(row, download)
                 if download.status == Status.OK:
                     await _store(spec, row, download, outcome, fetcher, pixels, packer)

@@ -24,7 +24,7 @@ from ldawt.daemon.storage import is_url
 from ldawt.daemon.transform.options import ENCODE_FORMATS, RESIZE_MODES
 
 from . import demo, estimate, index, metrics, report
-from .argtypes import at_least
+from .argtypes import at_least, positive_float
 from .config import apply_config
 from .console import command_logging, configure_logging
 from .engines import add_engine_options, make_engine
@@ -102,6 +102,12 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         default=PLAN_DEFAULTS.strategy,
         help="fixed = runs of --shard-size consecutive rows; class = whole classes spread "
         "greedily over --groups shards of near-equal size (default: %(default)s)",
+    )
+    out.add_argument(
+        "--group-by-host",
+        action="store_true",
+        help="strategy fixed: order the rows host by host before cutting them into shards, so "
+        "that each host's rows land in as few shards as possible (default: off, input order)",
     )
     out.add_argument(
         "--groups",
@@ -253,15 +259,16 @@ def _add_fetch_options(parser: argparse.ArgumentParser, of_latest_run: bool = Fa
         "--per-host",
         type=at_least(1),
         default=DEFAULTS.per_host,
-        help="most requests in flight per host; a host answering 429/503 without Retry-After "
-        "or timing out repeatedly gets half as many, regained as it answers "
-        "(default: %(default)s)",
+        help="requests in flight per host, for the whole job: all workers of every engine "
+        "together; a host answering 429/503 without Retry-After or timing out repeatedly gets "
+        "half as many in that worker process, regained as it answers (default: %(default)s)",
     )
     fetch.add_argument(
         "--host-rps",
-        type=float,
+        type=positive_float,
         default=None,
-        help="requests per second per host (default: unlimited)",
+        help="requests per second per host, for the whole job: all workers of every engine "
+        "together (default: unlimited)",
     )
     fetch.add_argument(
         "--timeout",
@@ -410,9 +417,15 @@ def fetch_options(args: argparse.Namespace, base: FetchOptions = DEFAULTS) -> Fe
 
 
 def _request(args: argparse.Namespace, input_path: InputSource | Path, out: Path) -> JobRequest:
+    if args.group_by_host and args.strategy != "fixed":
+        raise InputError(
+            "--group-by-host orders rows by host for --strategy fixed; --strategy class keeps "
+            "whole classes together instead"
+        )
     plan = PlanOptions(
         shard_size=args.shard_size,
         strategy=args.strategy,
+        group_by_host=args.group_by_host,
         groups=args.groups,
         layout=args.layout,
         compress=args.compress,

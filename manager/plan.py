@@ -5,7 +5,8 @@ Each shard input is a small parquet file with the columns the daemon reads (``ro
 
 Duplicate URLs are found without holding every URL in memory, in three passes over spill files:
 
-1. rows are spread over partitions by a hash of their URL (rows of one URL meet in one partition);
+1. rows are spread over partitions by a hash of their URL (rows of one URL meet in one partition;
+   with ``group_by_host``, a hash of their host, so rows of one host meet too);
 2. each partition, sorted by URL, marks every repeat of a URL with ``dup_of`` (the first row of the
    URL) and gives every row its shard key, a duplicate taking its original's key so that both land
    in the same shard; rows then go to blocks by key;
@@ -15,7 +16,15 @@ Memory is bounded by the size of a partition or a block, not by the row count. T
 depend on the partitioning (a per-process string hash) nor on batch sizes: the same rows and
 options always give the same shards.
 
-Shard keys: strategy ``fixed`` cuts the rows into runs of ``shard_size`` consecutive rows;
+With ``group_by_host`` the partitions are ranges of a CRC-32 of the host, and positions are
+renumbered partition after partition, host by host in hash order, so that the result does not
+depend on the partitioning either.
+
+The rows each shard holds of each host go to a host counts file (``hosts.HostCounter``), which
+the manager's job-wide per-host limits read.
+
+Shard keys: strategy ``fixed`` cuts the rows into runs of ``shard_size`` consecutive rows (in
+input order, or host by host with ``group_by_host``);
 strategy ``class`` assigns whole classes greedily (largest first, to the smallest group) to
 ``groups`` groups of near-equal size, one shard each, like the seed's SplitParquet.
 """
@@ -33,13 +42,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ldawt.daemon.contract import DUPLICATE_OF, INPUT_COLUMNS, FetchOptions, TransformOptions
 
 from .errors import InputError
+from .hosts import HostCounter, counts_path, host_buckets, host_hashes, hosts_of
 from .inputs import UNKNOWN_CLASS, blank_mask
+from .spill import Spill
 
 STRATEGIES = ("fixed", "class")
 SHARD_COLUMNS = (*INPUT_COLUMNS, DUPLICATE_OF)
@@ -51,6 +61,11 @@ _KEY = "_key"
 _POSITION = "_position"  # dense stream order: rows of a retry round are not dense
 
 
+def spill_buckets(rows: int) -> int:
+    """Spill files for about ``rows`` rows: SPILL_ROWS each, at most MAX_SPILL_FILES."""
+    return min(MAX_SPILL_FILES, max(1, math.ceil(rows / SPILL_ROWS)))
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     shard_size: int = 5000
@@ -59,14 +74,17 @@ class PlanOptions:
     """Strategy ``class``: the number of groups (shards); default rows / shard_size."""
     layout: str = "class"
     compress: bool = False
+    group_by_host: bool = False
+    """Strategy ``fixed``: rows ordered host by host before they are cut, so that each host's
+    rows land in as few shards as possible."""
     deadline_s: float = 3600.0
     fetch: FetchOptions = field(default_factory=FetchOptions)
     transform: TransformOptions = field(default_factory=TransformOptions)
 
     def shaping(self) -> dict[str, Any]:
         """The options that decide which rows go where and how outputs look; a job keeps them.
-        The transform appears only when it is not the default, so jobs planned before it
-        existed resume."""
+        The transform and group_by_host appear only when they are not the default, so jobs
+        planned before they existed resume."""
         shaping: dict[str, Any] = {
             "shard_size": self.shard_size,
             "strategy": self.strategy,
@@ -74,6 +92,8 @@ class PlanOptions:
             "layout": self.layout,
             "compress": self.compress,
         }
+        if self.group_by_host:
+            shaping["group_by_host"] = True
         if self.transform != TransformOptions():
             shaping["transform"] = self.transform.to_dict()
         return shaping
@@ -121,43 +141,6 @@ def balance_classes(counts: dict[str, int], groups: int) -> dict[str, int]:
     return assignment
 
 
-class _Spill:
-    """Arrow IPC files under one folder, one per integer bucket, opened on first write."""
-
-    def __init__(self, folder: Path, schema: pa.Schema) -> None:
-        self.folder = folder
-        self.schema = schema
-        self._writers: dict[int, ipc.RecordBatchFileWriter] = {}
-        folder.mkdir(parents=True)
-
-    def write(self, table: pa.Table, buckets: pa.Array) -> None:
-        """Append the rows of ``table`` to the files named by ``buckets`` (one per row)."""
-        if table.num_rows == 0:
-            return
-        order = pc.sort_indices(buckets)
-        table, buckets = table.take(order), buckets.take(order)
-        values = pc.value_counts(buckets)
-        start = 0
-        for item in sorted(values.to_pylist(), key=lambda v: v["values"]):
-            bucket, count = item["values"], item["counts"]
-            self._writer(bucket).write_table(table.slice(start, count))
-            start += count
-
-    def _writer(self, bucket: int) -> ipc.RecordBatchFileWriter:
-        if bucket not in self._writers:
-            self._writers[bucket] = ipc.new_file(self.folder / f"{bucket:06d}.arrow", self.schema)
-        return self._writers[bucket]
-
-    def close(self) -> list[int]:
-        for writer in self._writers.values():
-            writer.close()
-        return sorted(self._writers)
-
-    def read(self, bucket: int) -> pa.Table:
-        with pa.memory_map(str(self.folder / f"{bucket:06d}.arrow")) as source:
-            return ipc.open_file(source).read_all()
-
-
 def _sort_by_url(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(table, [("url", "ascending"), ("row", "ascending")]))
 
@@ -195,6 +178,7 @@ class ShardWriter:
         self.options = options
         self.prefix = prefix
         self.stats = PlanStats()
+        self.counts_path = counts_path(shard_dir, prefix)
 
     def write(self, tables: Iterable[pa.Table], expected_rows: int) -> list[PlannedShard]:
         """Plan ``tables`` (columns ``row url class key label`` + passthrough); ``expected_rows``
@@ -203,19 +187,22 @@ class ShardWriter:
             shutil.rmtree(self.spill_dir)
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         try:
-            count = min(MAX_SPILL_FILES, max(1, math.ceil(expected_rows / SPILL_ROWS)))
+            count = spill_buckets(expected_rows)
             partitions = self._partition(tables, count)
             blocks = self._to_blocks(partitions)
-            return list(self._cut(blocks))
+            counter = HostCounter(self.counts_path, self.spill_dir / "hosts", count)
+            shards = list(self._cut(blocks, counter))
+            counter.finish()
+            return shards
         finally:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
 
-    def _partition(self, tables: Iterable[pa.Table], count: int) -> tuple[_Spill, list[int]]:
-        spill: _Spill | None = None
+    def _partition(self, tables: Iterable[pa.Table], count: int) -> tuple[Spill, list[int]]:
+        spill: Spill | None = None
         for table in tables:
             if spill is None:
                 schema = table.schema.append(pa.field(_POSITION, pa.int64()))
-                spill = _Spill(self.spill_dir / "partitions", schema)
+                spill = Spill(self.spill_dir / "partitions", schema)
             try:
                 table = table.cast(spill.schema.remove(spill.schema.get_field_index(_POSITION)))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -230,13 +217,15 @@ class ShardWriter:
                 self.stats.classes[item["values"]] += item["counts"]
             if count == 1:
                 buckets = pa.array([0] * table.num_rows, pa.int64())
+            elif self.options.group_by_host:  # a host's rows (so a URL's rows too) meet
+                buckets = host_buckets(hosts_of(table.column("url")), count)
             else:
                 buckets = pa.array(
                     [hash(url) % count for url in table.column("url").to_pylist()], pa.int64()
                 )
             spill.write(table, buckets)
         if spill is None:
-            return _Spill(self.spill_dir / "partitions", pa.schema([])), []
+            return Spill(self.spill_dir / "partitions", pa.schema([])), []
         return spill, spill.close()
 
     def _key_count(self) -> int:
@@ -258,7 +247,7 @@ class ShardWriter:
             groups, pc.index_in(_original_values(table, "class"), value_set=names)
         )
 
-    def _to_blocks(self, partitions: tuple[_Spill, list[int]]) -> tuple[_Spill, list[int]]:
+    def _to_blocks(self, partitions: tuple[Spill, list[int]]) -> tuple[Spill, list[int]]:
         spill, buckets = partitions
         keys_per_block = max(
             1,
@@ -266,20 +255,24 @@ class ShardWriter:
             math.ceil(self._key_count() / MAX_SPILL_FILES),
         )
         key_of = self._keyer()
-        blocks: _Spill | None = None
+        blocks: Spill | None = None
+        placed = 0
         for bucket in buckets:
             table = _mark_duplicates(spill.read(bucket))
+            if self.options.group_by_host:
+                table = _host_positions(table, placed)
+                placed += table.num_rows
             self.stats.duplicates += pc.count(table[DUPLICATE_OF]).as_py()
             keys = key_of(table)
             table = table.append_column(_KEY, keys)
             if blocks is None:
-                blocks = _Spill(self.spill_dir / "blocks", table.schema)
+                blocks = Spill(self.spill_dir / "blocks", table.schema)
             blocks.write(table, pc.divide(keys, keys_per_block))
         if blocks is None:
             return spill, []
         return blocks, blocks.close()
 
-    def _cut(self, blocks: tuple[_Spill, list[int]]) -> Iterator[PlannedShard]:
+    def _cut(self, blocks: tuple[Spill, list[int]], counter: HostCounter) -> Iterator[PlannedShard]:
         spill, buckets = blocks
         number = 0
         for bucket in buckets:
@@ -291,10 +284,26 @@ class ShardWriter:
             for item in pc.run_end_encode(keys.combine_chunks()).run_ends.to_pylist():
                 shard_id = f"{self.prefix}{number:05d}"
                 path = self.shard_dir / f"{shard_id}.parquet"
-                pq.write_table(table.slice(start, item - start), path)
+                rows = table.slice(start, item - start)
+                pq.write_table(rows, path)
+                counter.add(shard_id, rows.column("url"))
                 yield PlannedShard(shard_id, path, item - start)
                 number += 1
                 start = item
+
+
+def _host_positions(table: pa.Table, first: int) -> pa.Table:
+    """``table`` with its positions renumbered from ``first`` host by host (rows of a host
+    consecutive, in row order), so that runs of positions hold few hosts each. Hosts go in
+    ``host_hashes`` order, the order of the partitions (``host_buckets``): the numbering is
+    the same however many partitions there are."""
+    hosts = hosts_of(table.column("url"))
+    keys = pa.table({"hash": host_hashes(hosts), "host": hosts, "row": table.column("row")})
+    order = pc.sort_indices(
+        keys, [("hash", "ascending"), ("host", "ascending"), ("row", "ascending")]
+    )
+    positions = pc.add(pc.sort_indices(order).cast(pa.int64()), first)
+    return table.set_column(table.schema.get_field_index(_POSITION), _POSITION, positions)
 
 
 def _passthrough(table: pa.Table) -> list[str]:

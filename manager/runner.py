@@ -13,6 +13,7 @@ from ldawt.daemon.contract import ShardResult
 from . import metrics
 from .console import ProgressDisplay
 from .engines import Engine
+from .hostcaps import HostShares
 from .job import JobRun
 from .ledger import DONE, FAILED, PLANNED, RUNNING, Ledger
 from .reconcile import NotCommitted, check_committed
@@ -56,8 +57,9 @@ def run_pending(run: JobRun, engine: Engine, progress: ProgressDisplay, shard_re
                 return True
             rows = {shard.shard_id: shard.rows for shard in todo}
             specs = [run.spec(shard) for shard in todo]
+            shares = HostShares.of_run(run, specs)
             ledger.mark_running(rows)
-            with closing(engine.run(specs, progress.add)) as results:
+            with closing(engine.run(specs, progress.add, shares)) as results:
                 publish_states(ledger)
                 for result in results:
                     shard_id = result["shard_id"]

@@ -54,6 +54,16 @@ class FaultOrigin:
         self.app = web.Application()
         self.app.router.add_get("/{tail:.*}", self._handle)
 
+    def max_in_window(self, seconds: float = 1.0) -> int:
+        """The most requests (any path) that arrived within ``seconds`` of one another."""
+        times = sorted(t for arrivals in self.arrivals.values() for t in arrivals)
+        most, first = 0, 0
+        for last, arrived in enumerate(times):
+            while arrived - times[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
     @staticmethod
     def body(name: str, size: int = 30_000) -> bytes:
         return make_jpeg(name, size)

@@ -165,8 +165,8 @@ class FirstShardLost:
     def describe(self) -> str:
         return self.engine.describe()
 
-    def run(self, specs: list[Any], progress: Any) -> Iterator[Any]:
-        results = self.engine.run(specs, progress)
+    def run(self, specs: list[Any], progress: Any, shares: Any) -> Iterator[Any]:
+        results = self.engine.run(specs, progress, shares)
         try:
             for index, result in enumerate(results):
                 self.seen.append(scrape(self.port))

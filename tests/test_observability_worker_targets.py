@@ -207,8 +207,8 @@ class AsLibraries:
     def describe(self) -> str:
         return self.engine.describe()
 
-    def run(self, specs: list[Any], progress: Any) -> Iterator[Any]:
-        results = self.engine.run(specs, progress)
+    def run(self, specs: list[Any], progress: Any, shares: Any) -> Iterator[Any]:
+        results = self.engine.run(specs, progress, shares)
         try:
             for index, result in enumerate(results):
                 try:

@@ -21,6 +21,7 @@ from .optout import ROBOTS_MAX_BYTES, RobotsCache, RobotsRules, is_opted_out, ro
 from .politeness import HostLimiter
 from .retry import backoff_delay, parse_retry_after
 from .session import CURRENT_USE, UNCOUNTED, ConnectionUse, open_session
+from .shares import NO_SHARES, ShardShares
 from .sniff import HEAD_BYTES, describe_non_image, image_extension
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -84,8 +85,14 @@ class Fetcher:
             self.budget.release(download.charged)
             download.charged = 0
 
-    async def fetch(self, raw_url: object, options: FetchOptions | None = None) -> Download:
-        """Download ``raw_url`` with retries. Never raises, except CancelledError."""
+    async def fetch(
+        self,
+        raw_url: object,
+        options: FetchOptions | None = None,
+        shares: ShardShares = NO_SHARES,
+    ) -> Download:
+        """Download ``raw_url`` with retries, each attempt within the shard's ``shares`` of the
+        job-wide per-host limits. Never raises, except CancelledError."""
         options = options or self.options
         started = time.monotonic()
         download = Download(status=Status.INTERNAL_ERROR)
@@ -97,7 +104,8 @@ class Fetcher:
                 download.attempts = attempt + 1
                 download.http_status = None
                 try:
-                    await self._attempt(url, options, download)
+                    async with shares.slot(url.host or ""):
+                        await self._attempt(url, options, download)
                     download.status = Status.OK
                     return download
                 except Exception as exc:  # every failure becomes a row status

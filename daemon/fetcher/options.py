@@ -21,10 +21,13 @@ class FetchOptions:
     concurrency: int = 256
     """Requests in flight per daemon process (all shards together)."""
     per_host: int = 128
-    """Requests in flight per host. Large URL lists mostly live on a few object-store hosts that
-    take many parallel requests; lower it for small origins."""
+    """Requests in flight per host, for the whole job: the manager gives each running shard a
+    share (``ShardSpec.host_shares``), and each process also holds itself to it. Large URL
+    lists mostly live on a few object-store hosts that take many parallel requests; lower it
+    for small origins."""
     host_rps: float | None = None
-    """Optional requests/second per host (token bucket, burst of one second)."""
+    """Optional requests/second per host, for the whole job like ``per_host`` (each process
+    also holds itself to it with a token bucket, burst of one second)."""
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     """Longest stall between two reads of one response."""

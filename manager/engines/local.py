@@ -2,7 +2,8 @@
 
 With one worker the shards run in this process, on one warm runtime (one event loop, one
 connection pool). With more, each worker is a separate process holding its own runtime, so the
-CPU work (HTTP parsing, hashing, tar writing) spreads over the cores.
+CPU work (HTTP parsing, hashing, tar writing) spreads over the cores. A shard starts only when
+a worker is free and the job-wide host limits admit it (``hostcaps``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import concurrent.futures as cf
 import multiprocessing
 import queue
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,8 @@ from ldawt.daemon.contract import (
 )
 from ldawt.daemon.shard import run_shard
 from ldawt.daemon.worker.resources import detect_cores
+
+from ..hostcaps import UNSHARED, HostShares
 
 _progress_queue: Any = None
 
@@ -45,7 +49,12 @@ class LocalEngine:
             return "local engine, in-process"
         return f"local engine, {self.workers} worker processes"
 
-    def run(self, specs: list[ShardSpec], progress: ProgressCallback) -> Iterator[ShardResult]:
+    def run(
+        self,
+        specs: list[ShardSpec],
+        progress: ProgressCallback,
+        shares: HostShares = UNSHARED,
+    ) -> Iterator[ShardResult]:
         workers = max(1, min(self.workers, len(specs)))
         if workers == 1:
             progress_queue: Any = queue.SimpleQueue()
@@ -61,18 +70,53 @@ class LocalEngine:
             )
         with executor:
             started = time.monotonic()
-            pending = {executor.submit(_run_reporting, spec): spec for spec in specs}
+            waiting = deque(specs)
+            pending: dict[cf.Future, ShardSpec] = {}
             try:
-                while pending:
+                while waiting or pending:
+                    _start(executor, waiting, pending, shares, workers)
                     done, _ = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
                     _drain(progress_queue, progress)
                     for future in done:
                         spec = pending.pop(future)
+                        shares.release(spec.shard_id)
                         yield _result_of(future, spec, started)
                 _drain(progress_queue, progress)
             finally:
                 for future in pending:
                     future.cancel()
+
+
+def _start(
+    executor: cf.Executor,
+    waiting: deque[ShardSpec],
+    pending: dict[cf.Future, ShardSpec],
+    shares: HostShares,
+    workers: int,
+) -> None:
+    """Start waiting shards, in order, while a worker is free; a shard the host limits refuse
+    for now stays waiting, in its place, and the next one is tried. With none running, the
+    first waiting shard is always admitted."""
+    refused: list[ShardSpec] = []
+    while waiting and len(pending) < workers:
+        spec = waiting.popleft()
+        admitted = shares.admit(spec, workers)
+        if admitted is None:
+            refused.append(spec)
+        else:
+            pending[_submit(executor, admitted)] = spec
+    waiting.extendleft(reversed(refused))
+
+
+def _submit(executor: cf.Executor, spec: ShardSpec) -> cf.Future:
+    """The shard's future; once a worker process died, the pool refuses new work: the future
+    then holds that failure, as those of the shards already queued do."""
+    try:
+        return executor.submit(_run_reporting, spec)
+    except cf.BrokenExecutor as exc:
+        broken: cf.Future = cf.Future()
+        broken.set_exception(exc)
+        return broken
 
 
 def _drain(progress_queue: Any, progress: ProgressCallback) -> None:

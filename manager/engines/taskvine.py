@@ -30,6 +30,7 @@ from ldawt.daemon.contract import ProgressCallback, ShardResult, ShardSpec, fail
 from ldawt.daemon.library import UNIQUE_OUTPUT
 from ldawt.manager import metrics
 
+from ..hostcaps import UNSHARED, HostShares
 from .engine import EngineError
 from .vine_options import VineOptions
 from .vine_setup import (
@@ -81,7 +82,12 @@ class TaskVineEngine:
         local = f", {o.local_workers} local worker(s)" if o.local_workers else ""
         return f"taskvine engine ({where}{local}; one FunctionCall per shard)"
 
-    def run(self, specs: list[ShardSpec], progress: ProgressCallback) -> Iterator[ShardResult]:
+    def run(
+        self,
+        specs: list[ShardSpec],
+        progress: ProgressCallback,
+        shares: HostShares = UNSHARED,
+    ) -> Iterator[ShardResult]:
         if not specs:
             return
         # Next to the job's shard-inputs folder: the job folder.
@@ -101,7 +107,8 @@ class TaskVineEngine:
                 workers = LocalWorkers(
                     self.options.local_workers, m.port, self.options, vine_dir / "workers"
                 )
-            yield from _Run(m, self.options, size, vine_dir, workers, progress).results(specs)
+            run = _Run(m, self.options, size, vine_dir, workers, progress, shares)
+            yield from run.results(specs)
         finally:
             # The manager goes first: a worker blocked writing to it would not stop otherwise.
             m._free()  # ndcctools' only way to close the listening port and free the manager
@@ -125,6 +132,7 @@ class _Run:
         vine_dir: Path,
         workers: LocalWorkers | None,
         progress: ProgressCallback,
+        shares: HostShares,
     ) -> None:
         self.m = m
         self.options = options
@@ -140,6 +148,8 @@ class _Run:
         self.last_start = time.monotonic()
         self.note = ""
         self.limit = options.max_in_flight or MIN_IN_FLIGHT
+        self.shares = shares
+        self.cores = 0  # of the connected workers: the shards that can run at once
 
     def results(self, specs: list[ShardSpec]) -> Iterator[ShardResult]:
         ready: deque[_Attempt] = deque(_Attempt(spec) for spec in specs)
@@ -154,14 +164,12 @@ class _Run:
                 if delayed:
                     ready.extend(a for a in delayed if a.not_before <= now)
                     delayed = [a for a in delayed if a.not_before > now]
-                while ready and len(self.running) < self.limit:
-                    attempt = ready.popleft()
-                    call = self._function_call(attempt)
-                    self.running[self.m.submit(call)] = (call, attempt)
+                ready = self._submit(ready)
                 task = self.wait(WAIT_S)
                 if task is None:
                     continue
                 _call, attempt = self.running.pop(task.id)
+                self.shares.release(attempt.spec.shard_id)
                 if task.id in self.cancelled:
                     self.cancelled.discard(task.id)
                     self._release(task, attempt)
@@ -179,13 +187,29 @@ class _Run:
                 self._forget(attempt)
             self._set_note("")
 
+    def _submit(self, ready: deque[_Attempt]) -> deque[_Attempt]:
+        """Submit ready attempts while fewer than ``limit`` calls are in flight and the
+        job-wide host limits admit them (a refused one stays ready, in its place); none while
+        no worker is connected: a share is sized by the cores that can run shards."""
+        refused: deque[_Attempt] = deque()
+        while ready and len(self.running) < self.limit and self.cores:
+            attempt = ready.popleft()
+            spec = self.shares.admit(attempt.spec, self.cores)
+            if spec is None:
+                refused.append(attempt)
+                continue
+            call = self._function_call(attempt, spec)
+            self.running[self.m.submit(call)] = (call, attempt)
+        refused.extend(ready)
+        return refused
+
     def _backoff(self, number: int) -> float:
         return min(MAX_BACKOFF_S, self.options.retry_backoff_s * 2 ** (number - 2))
 
-    def _function_call(self, attempt: _Attempt) -> Any:
+    def _function_call(self, attempt: _Attempt, spec: ShardSpec) -> Any:
+        """The call running ``spec``: the attempt's spec with its host shares."""
         from ndcctools.taskvine import FunctionCall
 
-        spec = attempt.spec
         attempt.staged = self.vine_dir / "incoming" / f"{spec.shard_id}.{attempt.number}"
         attempt.staged.parent.mkdir(parents=True, exist_ok=True)
         if spec.remote:
@@ -267,6 +291,7 @@ class _Run:
             self._warn_reinstall()
             install_library(self.m, self.size)
         stats = self.m.stats
+        self.cores = stats.total_cores
         self._requeue_lost(stats.tasks_waiting)
         metrics.set_workers_connected(stats.workers_connected)
         metrics.set_function_calls_in_flight(len(self.running))
