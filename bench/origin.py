@@ -75,13 +75,29 @@ http {{
         location /by3/ {{ internal; }}
         location / {{ return 404; }}
     }}
-{transform_server}}}
+{transform_server}{hosts_server}}}
 """
 TRANSFORM_SERVER = """
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         root {corpus};
         location ~ "{photo_re}" {{ alias {corpus}/by3/$1.jpg; }}
+        location / {{ return 404; }}
+    }}
+"""
+HOSTS_SERVER = """
+    server {{
+{listens}
+        root {corpus};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:TLS:20m;
+        location ~ "{photo_re}" {{
+            echo_sleep {delay_s};
+            echo_exec /by3/$1.jpg;
+        }}
+        location /by3/ {{ internal; }}
         location / {{ return 404; }}
     }}
 """
@@ -124,6 +140,9 @@ class Origin:
     workers: int = 2
     transform_corpus: Path | None = None
     """The transform profiles' corpus, served over HTTP on a third port (None: no server)."""
+    hosts: tuple[list[str], Path, Path] | None = None
+    """The many-host profile: (addresses, wildcard certificate, key); HTTPS on port 443 of
+    every address, with the TLS server's delay (None: no server)."""
     http_port: int = 0
     https_port: int = 0
     transform_port: int = 0
@@ -160,6 +179,17 @@ class Origin:
                     corpus=self.transform_corpus.resolve(),
                     photo_re=PHOTO_RE,
                 )
+            hosts_server = ""
+            if self.hosts is not None:
+                addresses, hosts_cert, hosts_key = self.hosts
+                hosts_server = HOSTS_SERVER.format(
+                    listens="\n".join(f"        listen {a}:443 ssl;" for a in addresses),
+                    corpus=self.corpus.resolve(),
+                    cert=hosts_cert,
+                    key=hosts_key,
+                    delay_s=f"{self.delay_s:.3f}",
+                    photo_re=PHOTO_RE,
+                )
             conf = self.work / "nginx.conf"
             conf.write_text(
                 CONFIG.format(
@@ -174,6 +204,7 @@ class Origin:
                     delay_s=f"{self.delay_s:.3f}",
                     photo_re=PHOTO_RE,
                     transform_server=transform_server,
+                    hosts_server=hosts_server,
                 )
             )
             log = open(self.work / "nginx.stderr", "wb")  # noqa: SIM115 (kept by the child)
@@ -209,6 +240,8 @@ class Origin:
                     if not port:
                         continue
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                for address in self.hosts[0] if self.hosts else ():
+                    socket.create_connection((address, 443), timeout=1).close()
                 return True
             except OSError:
                 time.sleep(0.05)
