@@ -459,10 +459,12 @@ def main(argv: list[str] | None = None) -> int:
                             report.Result(profile, name, rows, skipped=why, is_ldawt=True)
                         )
                     continue
-                before = dns.queries() if job.profile == "hosts" else None
+                if job.profile == "hosts":  # a fresh unbound: empty cache, log of this row only
+                    dns.stop()
+                    dns.start()
                 runs[i].append(run_job(job, args.keep_output, origin))
-                if before is not None:
-                    runs[i][-1].dns = many_hosts.dns_summary(dns.queries() - before, hosts_in_rows)
+                if job.profile == "hosts":
+                    runs[i][-1].dns = many_hosts.dns_summary(dns.queries(), hosts_in_rows)
     except KeyboardInterrupt as e:
         log(f"interrupted ({str(e) or 'Ctrl-C'}); stopping nginx and children")
         meta["interrupted"] = True
