@@ -60,22 +60,7 @@ http {{
         location ~ "{photo_re}" {{ alias {corpus}/by3/$1.jpg; }}
         location / {{ return 404; }}
     }}
-
-    server {{
-        listen 127.0.0.1:{https_port} ssl backlog=4096;
-        root {corpus};
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:TLS:20m;
-        location ~ "{photo_re}" {{
-            echo_sleep {delay_s};
-            echo_exec /by3/$1.jpg;
-        }}
-        location /by3/ {{ internal; }}
-        location / {{ return 404; }}
-    }}
-{transform_server}{hosts_server}}}
+{tls_server}{transform_server}{hosts_server}}}
 """
 TRANSFORM_SERVER = """
     server {{
@@ -85,7 +70,7 @@ TRANSFORM_SERVER = """
         location / {{ return 404; }}
     }}
 """
-HOSTS_SERVER = """
+TLS_SERVER = """
     server {{
 {listens}
         root {corpus};
@@ -101,6 +86,7 @@ HOSTS_SERVER = """
         location / {{ return 404; }}
     }}
 """
+"""Profile 2's server; the many-host profile's too, on port 443 of each of its addresses."""
 
 
 def free_port() -> int:
@@ -179,17 +165,14 @@ class Origin:
                     corpus=self.transform_corpus.resolve(),
                     photo_re=PHOTO_RE,
                 )
+            tls_server = self._tls_server(
+                [f"127.0.0.1:{self.https_port} ssl backlog=4096"], cert, key
+            )
             hosts_server = ""
             if self.hosts is not None:
                 addresses, hosts_cert, hosts_key = self.hosts
-                hosts_server = HOSTS_SERVER.format(
-                    listens="\n".join(f"        listen {a}:443 ssl;" for a in addresses),
-                    corpus=self.corpus.resolve(),
-                    cert=hosts_cert,
-                    key=hosts_key,
-                    delay_s=f"{self.delay_s:.3f}",
-                    photo_re=PHOTO_RE,
-                )
+                listens = [f"{address}:443 ssl" for address in addresses]
+                hosts_server = self._tls_server(listens, hosts_cert, hosts_key)
             conf = self.work / "nginx.conf"
             conf.write_text(
                 CONFIG.format(
@@ -198,11 +181,8 @@ class Origin:
                     work=self.work,
                     corpus=self.corpus.resolve(),
                     http_port=self.http_port,
-                    https_port=self.https_port,
-                    cert=cert,
-                    key=key,
-                    delay_s=f"{self.delay_s:.3f}",
                     photo_re=PHOTO_RE,
+                    tls_server=tls_server,
                     transform_server=transform_server,
                     hosts_server=hosts_server,
                 )
@@ -229,6 +209,16 @@ class Origin:
             last_err = (self.work / "error.log").read_text(errors="replace")[-2000:]
             self.stop()
         raise RuntimeError(f"nginx did not start; error.log tail:\n{last_err}")
+
+    def _tls_server(self, listens: list[str], cert: Path, key: Path) -> str:
+        return TLS_SERVER.format(
+            listens="\n".join(f"        listen {listen};" for listen in listens),
+            corpus=self.corpus.resolve(),
+            cert=cert,
+            key=key,
+            delay_s=f"{self.delay_s:.3f}",
+            photo_re=PHOTO_RE,
+        )
 
     def _wait_listening(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

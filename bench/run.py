@@ -560,7 +560,10 @@ def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed
     ]
     print("\n" + "\n".join(header))
     print(report.render_text(results))
-    title = "targets (issue 2; issue 11 for the transform profiles and the baseline comparison)"
+    title = (
+        "targets (issue 2; issue 11 for the transform profiles and the baseline comparison; "
+        "issue 12 for the many-host profile)"
+    )
     if lines:
         print(f"\n== {title}\n" + "\n".join(lines))
     stamp = time.strftime("%Y%m%d-%H%M%S")
