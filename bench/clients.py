@@ -34,7 +34,7 @@ class Job:
     """One benchmark row."""
 
     name: str
-    profile: str  # "plain" (profile 1) or "tls" (profile 2)
+    profile: str  # "plain", "tls", "hosts" or a transform profile
     cmd: list[str]
     env: dict[str, str]
     out_dir: Path
@@ -50,6 +50,8 @@ class Job:
     """ldawt: the row's extra arguments ("--workers 1"), to pair it with the baseline's."""
     baseline: str = ""
     """ldawt: the baseline revision this row measures ("" = the revision under test)."""
+    dns_check: Callable[[Path], int | None] | None = None
+    """Many-host profile: the row's dns_error count for names that resolve (from out_dir)."""
 
     @property
     def log_dir(self) -> Path:

@@ -60,9 +60,19 @@ http {{
         location ~ "{photo_re}" {{ alias {corpus}/by3/$1.jpg; }}
         location / {{ return 404; }}
     }}
-
+{tls_server}{transform_server}{hosts_server}}}
+"""
+TRANSFORM_SERVER = """
     server {{
-        listen 127.0.0.1:{https_port} ssl backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096;
+        root {corpus};
+        location ~ "{photo_re}" {{ alias {corpus}/by3/$1.jpg; }}
+        location / {{ return 404; }}
+    }}
+"""
+TLS_SERVER = """
+    server {{
+{listens}
         root {corpus};
         ssl_certificate {cert};
         ssl_certificate_key {key};
@@ -75,16 +85,8 @@ http {{
         location /by3/ {{ internal; }}
         location / {{ return 404; }}
     }}
-{transform_server}}}
 """
-TRANSFORM_SERVER = """
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        root {corpus};
-        location ~ "{photo_re}" {{ alias {corpus}/by3/$1.jpg; }}
-        location / {{ return 404; }}
-    }}
-"""
+"""Profile 2's server; the many-host profile's too, on port 443 of each of its addresses."""
 
 
 def free_port() -> int:
@@ -124,6 +126,9 @@ class Origin:
     workers: int = 2
     transform_corpus: Path | None = None
     """The transform profiles' corpus, served over HTTP on a third port (None: no server)."""
+    hosts: tuple[list[str], Path, Path] | None = None
+    """The many-host profile: (addresses, wildcard certificate, key); HTTPS on port 443 of
+    every address, with the TLS server's delay (None: no server)."""
     http_port: int = 0
     https_port: int = 0
     transform_port: int = 0
@@ -160,6 +165,14 @@ class Origin:
                     corpus=self.transform_corpus.resolve(),
                     photo_re=PHOTO_RE,
                 )
+            tls_server = self._tls_server(
+                [f"127.0.0.1:{self.https_port} ssl backlog=4096"], cert, key
+            )
+            hosts_server = ""
+            if self.hosts is not None:
+                addresses, hosts_cert, hosts_key = self.hosts
+                listens = [f"{address}:443 ssl" for address in addresses]
+                hosts_server = self._tls_server(listens, hosts_cert, hosts_key)
             conf = self.work / "nginx.conf"
             conf.write_text(
                 CONFIG.format(
@@ -168,12 +181,10 @@ class Origin:
                     work=self.work,
                     corpus=self.corpus.resolve(),
                     http_port=self.http_port,
-                    https_port=self.https_port,
-                    cert=cert,
-                    key=key,
-                    delay_s=f"{self.delay_s:.3f}",
                     photo_re=PHOTO_RE,
+                    tls_server=tls_server,
                     transform_server=transform_server,
+                    hosts_server=hosts_server,
                 )
             )
             log = open(self.work / "nginx.stderr", "wb")  # noqa: SIM115 (kept by the child)
@@ -199,6 +210,16 @@ class Origin:
             self.stop()
         raise RuntimeError(f"nginx did not start; error.log tail:\n{last_err}")
 
+    def _tls_server(self, listens: list[str], cert: Path, key: Path) -> str:
+        return TLS_SERVER.format(
+            listens="\n".join(f"        listen {listen};" for listen in listens),
+            corpus=self.corpus.resolve(),
+            cert=cert,
+            key=key,
+            delay_s=f"{self.delay_s:.3f}",
+            photo_re=PHOTO_RE,
+        )
+
     def _wait_listening(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -209,6 +230,8 @@ class Origin:
                     if not port:
                         continue
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                for address in self.hosts[0] if self.hosts else ():
+                    socket.create_connection((address, 443), timeout=1).close()
                 return True
             except OSError:
                 time.sleep(0.05)

@@ -1,6 +1,6 @@
 """Result rows, the side-by-side table, ratios to img2dataset's best, and the issues' targets
 (issue 2: the download profiles; issue 11: the transform profiles and what the new manifest
-columns cost the download profiles)."""
+columns cost the download profiles; issue 12: the many-host profile)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ PROFILE_TITLES = {
     "border256": "profile 3a, transform: resize mode border, 256 px (photo-like JPEGs of "
     "1024-2048 px, HTTP on 127.0.0.1)",
     "keep_ratio512": "profile 3b, transform: resize mode keep_ratio, 512 px (the same corpus)",
+    "hosts": "profile 4, many hosts: 2,000 names behind unbound, Zipf rows, HTTPS (wildcard "
+    "certificate) + 40 ms before first byte",
 }
 TRANSFORM_PROFILES = tuple(PROFILES)
 TARGET_SPEEDUP = 2.2
@@ -24,6 +26,9 @@ TARGET_TRANSFORM_SPEEDUP = {"border256": 3.0, "keep_ratio512": 2.0}
 TARGET_TRANSFORM_RSS_MB = 300.0
 TARGET_PSNR_DROP_DB = 0.5
 TARGET_NO_TRANSFORM_LOSS = 0.05
+# issue 12
+TARGET_HOSTS_SPEEDUP = 5.0
+TARGET_QUERIES_PER_HOST = 2
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Result:
     variant: str = ""  # ldawt: the row's extra arguments, e.g. "--workers 1"
     baseline: str = ""  # ldawt: the baseline revision this row measures ("" = under test)
     quality: dict | None = None  # transform profiles: sizes and PSNR (transform_check.compare)
+    dns: dict | None = None  # many-host profile: queries unbound answered (many_hosts.dns_summary)
+    dns_errors: int | None = None  # many-host profile: ldawt's dns_error rows on resolving names
 
     @property
     def rate(self) -> float:
@@ -168,6 +175,34 @@ def quality_rows(results: list[Result], profile: str) -> list[list[str]]:
     return out
 
 
+DNS_HEADER = [
+    "client", "DNS queries", "distinct hosts", "queries/host", "max/host", "hosts > 2",
+    "dns_error on resolving names",
+]  # fmt: skip
+
+
+def dns_rows(results: list[Result], profile: str) -> list[list[str]]:
+    """The many-host profile's second table: what the DNS server answered during each row."""
+    out = []
+    for r in results:
+        d = r.dns
+        if r.profile != profile or not d:
+            continue
+        errors = "-" if r.dns_errors is None else f"{r.dns_errors:,}"
+        out.append(
+            [
+                r.client,
+                f"{d['queries']:,}",
+                f"{d['hosts']:,}",
+                f"{d['per_host']:.2f}",
+                str(d["max_per_host"]),
+                f"{d['hosts_over_2']:,}",
+                errors,
+            ]
+        )
+    return out
+
+
 def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     return [
@@ -212,6 +247,8 @@ def render_text(results: list[Result]) -> str:
                 lines.append(f"  note {r.client}: {code}{r.detail}".rstrip())
         if quality := quality_rows(results, profile):
             lines += ["", f"-- {profile}: stored images", *_text_table(QUALITY_HEADER, quality)]
+        if dns := dns_rows(results, profile):
+            lines += ["", f"-- {profile}: DNS", *_text_table(DNS_HEADER, dns)]
     return "\n".join(lines)
 
 
@@ -231,6 +268,11 @@ def render_markdown(results: list[Result]) -> str:
             out.append("|" + "|".join(["---"] + ["---:"] * (len(QUALITY_HEADER) - 1)) + "|")
             out += ["| " + " | ".join(row) + " |" for row in quality]
             out.append("")
+        if dns := dns_rows(results, profile):
+            out += [f"*{profile}: DNS*", "", "| " + " | ".join(DNS_HEADER) + " |"]
+            out.append("|" + "|".join(["---"] + ["---:"] * (len(DNS_HEADER) - 1)) + "|")
+            out += ["| " + " | ".join(row) + " |" for row in dns]
+            out.append("")
     return "\n".join(out)
 
 
@@ -246,6 +288,8 @@ def targets(results: list[Result]) -> list[str]:
             continue
         if r.profile in TRANSFORM_PROFILES:
             checks = _transform_checks(results, r)
+        elif r.profile == "hosts":
+            checks = _hosts_checks(results, r)
         else:
             checks = _download_checks(results, r)
         for text, ok in checks:
@@ -292,6 +336,22 @@ def _download_checks(results: list[Result], r: Result) -> list[tuple[str, bool]]
             f"issue 11: loss <= {TARGET_NO_TRANSFORM_LOSS:.0%})"
         )
         checks.append((text, change >= -TARGET_NO_TRANSFORM_LOSS))
+    return checks
+
+
+def _hosts_checks(results: list[Result], r: Result) -> list[tuple[str, bool]]:
+    """Issue 12's targets for one ldawt row of the many-host profile."""
+    checks = []
+    if best := img2dataset_best(results, r.profile):
+        x = r.rate / best.rate
+        text = f"images/s {x:.2f}x img2dataset best (>= {TARGET_HOSTS_SPEEDUP:.0f}x)"
+        checks.append((text, x >= TARGET_HOSTS_SPEEDUP))
+    most = r.dns["max_per_host"] if r.dns else None
+    text = f"DNS queries per distinct host: at most {most} (<= {TARGET_QUERIES_PER_HOST})"
+    checks.append((text, most is not None and most <= TARGET_QUERIES_PER_HOST))
+    text = f"dns_error rows on names that resolve: {r.dns_errors} (0)"
+    checks.append((text, r.dns_errors == 0))
+    checks.append((f"rows in manifests {r.accounted}/{r.rows}", r.accounted == r.rows))
     return checks
 
 

@@ -1,11 +1,12 @@
 """ldawt's benchmark: ldawt vs img2dataset 1.47 vs a bare aiohttp client, side by side,
 against a loopback nginx origin, in two download profiles (plain HTTP; HTTPS + 40 ms first
 byte) and, on request, two transform profiles (resize to border 256 / keep_ratio 512 from
-1024-2048 px photo-like JPEGs).
+1024-2048 px photo-like JPEGs) and the many-host profile (2,000 names behind a real DNS server).
 
     python3 bench/run.py                 # 20,000 rows, everything but the transform profiles
     python3 bench/run.py --rows 5000 --only bare,ldawt --profiles plain
     python3 bench/run.py --profiles plain,transform --ldawt-rev worktree --ldawt-baseline-rev HEAD
+    python3 bench/run.py --profiles hosts --ldawt-extra-row ""
 
 Run by hand (not part of CI). Creates its venvs under bench/.work/ on first use. See
 bench/README.md for what each row means.
@@ -34,7 +35,7 @@ REPO = BENCH_DIR.parent
 DEFAULT_WORK = BENCH_DIR / ".work"
 DEFAULT_SOURCE = REPO / ".." / "shared" / "data" / "inat_subset_45k.parquet"
 CLIENTS = ("bare", "img2dataset", "ldawt")
-DOWNLOAD_PROFILES = ("plain", "tls")
+DOWNLOAD_PROFILES = ("plain", "tls", "hosts")
 TRANSFORM_PROFILES = transform_check.PROFILES
 """Transform profile -> (resize mode, image size), for img2dataset and ldawt alike."""
 PROFILE_GROUPS = {"transform": tuple(TRANSFORM_PROFILES)}
@@ -77,8 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--profiles",
         default="plain,tls",
-        help="comma-separated: plain, tls, border256, keep_ratio512, or transform (= both "
-        "transform profiles); default plain,tls",
+        help="comma-separated: plain, tls, hosts (2,000 names behind unbound), border256, "
+        "keep_ratio512, or transform (= both transform profiles); default plain,tls",
     )
     ap.add_argument("--only", default=",".join(CLIENTS), help="clients: bare,img2dataset,ldawt")
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the real URL list")
@@ -156,6 +157,7 @@ def build_jobs(
     ``source_of`` maps a URL of the transform profiles to its corpus file (for their checks)."""
     import clients
     import ldawt_install
+    import many_hosts
 
     only = set(args.only.split(","))
     jobs: list = []
@@ -179,7 +181,7 @@ def build_jobs(
         rows = args.transform_rows if resize else args.rows
         urls = lists["transform"] if resize else lists[profile]
         urls_txt = lists["transform_txt"] if resize else lists[f"{profile}_txt"]
-        cert = origin.cert if profile == "tls" else None
+        cert = {"tls": origin.cert, "hosts": args.hosts_ca}.get(profile)
         base = out_root / profile
         shard_size = args.i2d_shard_size or max(100, min(10_000, rows // 8))
         if "bare" in only and (not resize or profile == first_transform):
@@ -208,7 +210,7 @@ def build_jobs(
             if resize:
                 job.inspect = lambda out: transform_check.inspect_img2dataset(out, source_of)
             jobs.append(job)
-            if cert and args.ca_bundle_rows:
+            if profile == "tls" and args.ca_bundle_rows:
                 bundle = clients.cert_bundle_with_system_cas(cert, args.work)
                 capped = lists["tls_capped"]
                 jobs.append(
@@ -262,6 +264,8 @@ def build_jobs(
                     job.variant, job.baseline = variant, rev
                     if resize:
                         job.inspect = lambda out: transform_check.inspect_ldawt(out, source_of)
+                    if profile == "hosts":
+                        job.dns_check = many_hosts.dns_errors_on_resolving_names
                     jobs.append(job)
     return jobs
 
@@ -328,6 +332,11 @@ def run_job(job, keep_output: bool, origin):
         res.detail = counted.detail
     except Exception as e:  # a client that wrote nothing readable still gets its row
         res.detail = f"could not count the output: {e!r}"
+    if job.dns_check is not None:
+        try:
+            res.dns_errors = job.dns_check(job.out_dir)
+        except Exception as e:
+            res.detail = f"{res.detail} could not read the manifests' DNS errors: {e!r}".strip()
     if job.inspect is not None:  # the transform profiles: read what was stored, then delete it
         try:
             res.stored = job.inspect(job.out_dir)
@@ -355,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     benchenv.reexec_in_bench_venv(Path(__file__), args.work)  # re-execs once, if needed
 
     import corpus
+    import many_hosts
     import origin as origin_mod
     import report
 
@@ -381,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"transform corpus: {meta['transform_corpus']}")
         source_of = transform_check.source_finder(transform_info.root)
     out_root = (args.out_root or args.work / "out").resolve()
+    args.hosts_ca = hosts = dns = None
+    if "hosts" in args.profile_list:
+        args.hosts_ca, *leaf = many_hosts.make_wildcard_certificate(args.work / "nginx")
+        hosts = (many_hosts.ADDRESSES, *leaf)
+        dns = many_hosts.server(args.work)
     runs: dict[int, list] = {}  # job index -> its measured rounds
     origin = origin_mod.Origin(
         args.work / "nginx",
@@ -388,10 +403,19 @@ def main(argv: list[str] | None = None) -> int:
         args.delay_ms / 1000,
         args.nginx_workers,
         transform_corpus=transform_info.root if transform_info else None,
+        hosts=hosts,
     )
     code = 0
     try:
         origin.start()
+        if dns is not None:
+            dns.start()
+            log(
+                f"unbound on {dns.address}:53: {many_hosts.HOSTS:,} names over "
+                f"{len(many_hosts.ADDRESSES)} addresses (nginx HTTPS on :443 of each), "
+                f"{len(dns.zone.nxdomain)} NXDOMAIN, {len(dns.zone.slow)} answered after "
+                f"{dns.slow_delay_s * 1e3:.0f} ms"
+            )
         log(f"nginx: {origin.http_base} (plain), {origin.https_base} (TLS, {args.delay_ms} ms)")
         if transform_info:
             log(f"nginx: {origin.transform_base} (transform profiles' corpus, plain)")
@@ -404,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.source, args.ca_bundle_rows, args.work / "lists",
                 {"tls_capped": origin.https_base},
             )["tls_capped"]  # fmt: skip
+        if dns is not None:
+            lists.update(many_hosts.write_url_list(args.source, args.rows, args.work / "lists"))
+            hosts_in_rows = {u.split("/")[2] for u in lists["hosts_txt"].read_text().split()}
         if transform_info:
             lists.update(
                 corpus.write_url_lists(
@@ -416,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         log(f"origin verified: {meta['origin']}")
         jobs = build_jobs(args, origin, lists, out_root, meta, source_of)
+        for job in jobs:
+            if not isinstance(job, tuple) and job.profile == "hosts":
+                many_hosts.wrap(job, dns, args.hosts_ca)
         runs.update({i: [] for i in range(len(jobs))})
         for round_no in range(1, args.repeat + 1):  # rounds interleave the clients
             if args.repeat > 1:
@@ -429,13 +459,20 @@ def main(argv: list[str] | None = None) -> int:
                             report.Result(profile, name, rows, skipped=why, is_ldawt=True)
                         )
                     continue
+                if job.profile == "hosts":  # a fresh unbound: empty cache, log of this row only
+                    dns.stop()
+                    dns.start()
                 runs[i].append(run_job(job, args.keep_output, origin))
+                if job.profile == "hosts":
+                    runs[i][-1].dns = many_hosts.dns_summary(dns.queries(), hosts_in_rows)
     except KeyboardInterrupt as e:
         log(f"interrupted ({str(e) or 'Ctrl-C'}); stopping nginx and children")
         meta["interrupted"] = True
         code = 130
     finally:
         origin.stop()
+        if dns is not None:
+            dns.stop()
         meta["load_end"] = _load()
         results = [_best(r) for r in runs.values() if r]
         stored = {id(r): r.stored for r in results if getattr(r, "stored", None) is not None}
@@ -523,7 +560,10 @@ def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed
     ]
     print("\n" + "\n".join(header))
     print(report.render_text(results))
-    title = "targets (issue 2; issue 11 for the transform profiles and the baseline comparison)"
+    title = (
+        "targets (issue 2; issue 11 for the transform profiles and the baseline comparison; "
+        "issue 12 for the many-host profile)"
+    )
     if lines:
         print(f"\n== {title}\n" + "\n".join(lines))
     stamp = time.strftime("%Y%m%d-%H%M%S")

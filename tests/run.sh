@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages used by the tests: nginx (origin), prometheus + promtool, systemd-analyze,
-# debootstrap (builds the Debian 13 root that carries real TaskVine).
+# Debian packages used by the tests: nginx (origin), unbound (a real DNS server), prometheus +
+# promtool, systemd-analyze, debootstrap (builds the Debian 13 root that carries real TaskVine).
 need_pkgs=()
 command -v nginx >/dev/null || need_pkgs+=(nginx-light libnginx-mod-http-echo)
+command -v unbound >/dev/null || need_pkgs+=(unbound)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)

@@ -6,8 +6,8 @@ import ipaddress
 import socket
 
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
+from .dns import CachingResolver
 from .errors import BlockedAddressError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -43,7 +43,7 @@ class GuardedResolver(AbstractResolver):
 
     def __init__(self, allow_private: bool, inner: AbstractResolver | None = None) -> None:
         self._allow_private = allow_private
-        self._inner = inner or DefaultResolver()
+        self._inner = inner or CachingResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET

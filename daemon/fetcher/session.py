@@ -59,7 +59,7 @@ def open_session(options: FetchOptions) -> aiohttp.ClientSession:
     connector = CountingConnector(
         limit=options.concurrency,
         limit_per_host=options.per_host,
-        ttl_dns_cache=300,
+        use_dns_cache=False,  # the resolver caches, failures included (fetcher/dns.py)
         keepalive_timeout=30,
         resolver=GuardedResolver(options.allow_private),
         ssl=_ssl_setting(options),
