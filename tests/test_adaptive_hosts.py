@@ -235,3 +235,32 @@ def test_cancelled_waiters_leave_no_slot_behind() -> None:
         assert first.cancelled() and "d.test" not in limiter._hosts
 
     asyncio.run(scenario())
+
+
+def test_a_pause_stops_requests_waiting_for_a_token() -> None:
+    """At 4 requests/s, 8 requests start together: 4 on the bucket's burst, 4 hold a slot and
+    sleep for their token (0.25 s apart). A 429 asking for 0.6 s comes back at once: no request
+    starts during the pause, not even those already asleep in the bucket, and all get through."""
+
+    async def scenario() -> None:
+        limiter = HostLimiter(8, 4.0, metrics.BoundedHostLabels(), retry_after_max=5.0)
+        loop = asyncio.get_running_loop()
+        starts: list[float] = []
+        refused_at: list[float] = []
+
+        async def request(index: int) -> None:
+            with contextlib.suppress(FetchFailure):
+                async with limiter.slot("r.test"):
+                    starts.append(loop.time())
+                    await asyncio.sleep(0.01)
+                    if index == 0:
+                        refused_at.append(loop.time())
+                        raise _refusal(429, retry_after=0.6)
+
+        await asyncio.wait_for(asyncio.gather(*(request(i) for i in range(8))), timeout=10)
+        assert len(starts) == 8 and len(refused_at) == 1
+        during = [s - refused_at[0] for s in starts if 0 < s - refused_at[0] < 0.6 - CLOCK_SLACK_S]
+        assert not during, f"requests started {during} s into a 0.6 s pause"
+        assert "r.test" not in limiter._hosts  # the pause is over, the host forgotten
+
+    asyncio.run(scenario())

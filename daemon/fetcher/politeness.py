@@ -54,6 +54,11 @@ class _TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
+    def refund(self) -> None:
+        """Give back a token taken but not used: the requests already waiting keep their turn
+        and the next taker gets this one's."""
+        self._tokens = min(self._capacity, self._tokens + 1.0)
+
 
 class _Host:
     __slots__ = (
@@ -119,6 +124,26 @@ class HostLimiter:
             self._idle.pop(host, None)
         state.users += 1
         started = time.monotonic()
+        await self._hold(host, state)
+        while state.bucket is not None and (wait := state.bucket.delay()) > 0:
+            try:
+                await asyncio.sleep(wait)
+            except BaseException as exc:
+                self._release(host, state, exc, started)
+                raise
+            if state.resume is None:
+                break
+            # paused while it slept: it gives back its token and its slot and waits in line
+            state.bucket.refund()
+            state.active -= 1
+            await self._hold(host, state)
+        waited = time.monotonic() - started
+        if waited > 0.001:
+            metrics.HOST_WAIT.labels(self._host_labels(host)).inc(waited)
+        return state
+
+    async def _hold(self, host: str, state: _Host) -> None:
+        """Take one of the host's slots once it is free and the host not paused."""
         try:
             if state.resume is None and not state.waiters and state.active < state.limit:
                 state.active += 1
@@ -130,17 +155,6 @@ class HostLimiter:
         except BaseException:
             self._leave(host, state)
             raise
-        wait = state.bucket.delay() if state.bucket else 0.0
-        if wait > 0:
-            try:
-                await asyncio.sleep(wait)
-            except BaseException as exc:
-                self._release(host, state, exc, started)
-                raise
-        waited = time.monotonic() - started
-        if waited > 0.001:
-            metrics.HOST_WAIT.labels(self._host_labels(host)).inc(waited)
-        return state
 
     async def _queue(self, state: _Host) -> None:
         """Wait in line until ``_admit`` hands this task a slot."""
