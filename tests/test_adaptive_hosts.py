@@ -151,6 +151,25 @@ def _refusal(code: int, retry_after: float | None = None) -> FetchFailure:
     return failure
 
 
+async def _together(limiter: HostLimiter, host: str, outcomes: list[BaseException | None]) -> None:
+    """As many requests to ``host`` as ``outcomes`` (None: answered), started together: each
+    holds its slot for a turn of the event loop at least, and those beyond the host's limit
+    wait in line for a slot."""
+    gate = asyncio.Event()
+
+    async def request(outcome: BaseException | None) -> None:
+        with contextlib.suppress(Exception):
+            async with limiter.slot(host):
+                await gate.wait()
+                if outcome is not None:
+                    raise outcome
+
+    tasks = [asyncio.create_task(request(outcome)) for outcome in outcomes]
+    await asyncio.sleep(0)  # every task has its slot or its place in line
+    gate.set()
+    await asyncio.gather(*tasks)
+
+
 def test_runs_of_connection_failures_halve_and_answers_raise_the_limit() -> None:
     async def scenario() -> None:
         limiter = HostLimiter(8, None, metrics.BoundedHostLabels(), retry_after_max=5.0)
@@ -163,15 +182,37 @@ def test_runs_of_connection_failures_halve_and_answers_raise_the_limit() -> None
         for _ in range(2):
             await _through(limiter, "a.test", TimeoutError())
         assert limiter._hosts["a.test"].limit == 8  # a run under way is remembered
-        await _through(limiter, "a.test", TimeoutError())  # third in a row
-        assert limiter._hosts["a.test"].limit == 4
-        for _ in range(4 + 5 + 6):  # one more slot after as many answers as the limit
+        # the third in a row, with 6 requests in flight: half of those
+        await _together(limiter, "a.test", [TimeoutError()] * 3 + [None] * 3)
+        assert limiter._hosts["a.test"].limit == 3
+        for _ in range(10):  # one at a time: a limit the host does not use does not grow
             await _through(limiter, "a.test")
-        assert limiter._hosts["a.test"].limit == 7
-        for _ in range(7):
-            await _through(limiter, "a.test")
+        assert limiter._hosts["a.test"].limit == 3
+        # a backlog keeps the host at its limit: one more slot after as many answers as the
+        # limit, 3 + 4 + 5 + 6 + 7 of them back to 8 (8 more keep the line full until then)
+        await _together(limiter, "a.test", [None] * (3 + 4 + 5 + 6 + 7 + 8))
         assert "a.test" not in limiter._hosts  # back at 8, idle: forgotten
         assert log.top() == [{"host": "a.test", "throttled": 0, "pauses": 0, "halvings": 1}]
+
+    asyncio.run(scenario())
+
+
+def test_a_halving_bites_what_is_in_flight_and_an_unused_limit_does_not_grow() -> None:
+    """A 503 with 4 requests in flight under a limit of 128 brings the limit to 2 (halving
+    128 would change nothing), once for the requests sent together; answers grow the limit
+    only while the host uses all of it."""
+
+    async def scenario() -> None:
+        limiter = HostLimiter(128, None, metrics.BoundedHostLabels(), retry_after_max=5.0)
+        await _together(limiter, "h.test", [_refusal(503), None, _refusal(503), None])
+        assert limiter._hosts["h.test"].limit == 2  # one halving, of the 4 in flight
+
+        for _ in range(20):  # one at a time: the host never uses its limit of 2
+            await _through(limiter, "h.test")
+        assert limiter._hosts["h.test"].limit == 2
+
+        await _together(limiter, "h.test", [None] * 20)  # a backlog: the limit is used
+        assert limiter._hosts["h.test"].limit > 2
 
     asyncio.run(scenario())
 

@@ -7,10 +7,13 @@ What a request's outcome teaches is read from the exception (or its absence) tha
 - 429 or 503 with Retry-After: no new request to the host starts until then (capped by
   ``retry_after_max``); requests already under way finish, queued ones wait.
 - 429 or 503 without Retry-After, or ``FAILURE_RUN`` timeouts/resets in a row: the host's limit
-  halves (floor 1). Only requests started after the previous halving count, so one burst of
-  answers to requests sent under the old limit halves it once, as TCP does once per window.
-- any other answer: after as many answers as the limit, the limit grows by one, up to
-  ``per_host``.
+  becomes half of what it had in flight then (its limit or fewer; floor 1), as TCP halves its
+  flight size: halving a limit of 128 with 4 in flight would change nothing. Only requests
+  started after the previous halving count, so one burst of answers to requests sent under the
+  old limit halves it once, as TCP does once per window.
+- any other answer, while the host has its whole limit in flight: after as many such answers
+  as the limit, the limit grows by one, up to ``per_host``. A limit the host does not reach
+  does not grow, so it cannot creep up past what the host was shown to take.
 
 State for a host lives while someone uses it, and after that only while the host is paused,
 below its full limit or in a run of failures, for at most ``REMEMBERED_HOSTS`` hosts (the least
@@ -181,8 +184,8 @@ class HostLimiter:
     def _release(
         self, host: str, state: _Host, outcome: BaseException | None, started: float
     ) -> None:
+        self._learn(host, state, outcome, started)  # while the request still counts in flight
         state.active -= 1
-        self._learn(host, state, outcome, started)
         self._admit(state)
         self._leave(host, state)
 
@@ -244,9 +247,10 @@ class HostLimiter:
             self._answered(host, state)
 
     def _answered(self, host: str, state: _Host) -> None:
-        """Additive increase: one more slot after as many answers as the limit."""
+        """Additive increase: one more slot after as many answers as the limit, counting the
+        answers that came while the host used its whole limit."""
         state.failures = 0
-        if state.limit >= self._per_host:
+        if state.limit >= self._per_host or state.active < state.limit:
             return
         state.credit += 1
         if state.credit >= state.limit:
@@ -255,12 +259,13 @@ class HostLimiter:
             self._show_limit(host, state.limit)
 
     def _lower(self, host: str, state: _Host, started: float) -> bool:
-        """Multiplicative decrease, once for the requests sent under the same limit."""
+        """Multiplicative decrease of what the host has in flight, once for the requests
+        sent under the same limit."""
         if started < state.lowered_at or state.limit == 1:
             return False
         state.lowered_at = time.monotonic()
         state.credit = 0
-        state.limit = max(1, state.limit // 2)
+        state.limit = max(1, min(state.limit, state.active) // 2)
         metrics.HOST_HALVINGS.labels(self._host_labels(host)).inc()
         self._show_limit(host, state.limit)
         return True
