@@ -92,6 +92,44 @@ def _command(capsys, *args: str | Path) -> str:
     return capsys.readouterr().out
 
 
+def test_report_skips_malformed_throttled_hosts_in_stats_files(
+    tmp_path: Path, capsys, origin: tuple[FaultOrigin, str]
+) -> None:
+    """Stats files from another ldawt version, with ``throttled_hosts`` items that are not
+    what this one writes: ``report`` sums the well-formed ones and names the others in one
+    warning line, instead of a traceback."""
+    _, base = origin
+    source = url_table(tmp_path / "in.parquet", [f"{base}/img/i{i}.jpg" for i in range(20)])
+    out = tmp_path / "out"
+    run = ["--engine", "local", "--workers", "1", "--allow-private", "-q", "--shard-size", "10"]
+    assert main(["submit", str(source), "--out", str(out), *run]) == 0
+    capsys.readouterr()
+    first, second = sorted(out.glob("*_stats.json"))
+    counted = {"host": "a.test", "throttled": 3, "pauses": 1, "halvings": 0}
+    malformed = [
+        {"host": "b.test", "throttled": 2},  # counts missing
+        "c.test",
+        {"host": "d.test", "throttled": "4", "pauses": 0, "halvings": 0},
+        {"host": None, "throttled": 1, "pauses": 0, "halvings": 1},
+        None,
+    ]
+    _rewrite_throttled_hosts(first, [counted, *malformed])
+    _rewrite_throttled_hosts(second, {"host": "e.test"})  # not a list: one more
+
+    status = main(["report", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert json.loads(captured.out)["throttled_hosts"] == [counted]
+    (warning,) = captured.err.splitlines()
+    assert warning.startswith("ldawt: warning: ") and f" {len(malformed) + 1} " in warning
+
+
+def _rewrite_throttled_hosts(stats_path: Path, value: object) -> None:
+    stats = json.loads(stats_path.read_text())
+    stats["throttled_hosts"] = value
+    stats_path.write_text(json.dumps(stats))
+
+
 def test_refusals_without_retry_after_halve_the_host_s_limit(
     tmp_path: Path, origin: tuple[FaultOrigin, str]
 ) -> None:
