@@ -63,7 +63,7 @@ class _TokenBucket:
         self._tokens = min(self._capacity, self._tokens + 1.0)
 
 
-class _Host:
+class _HostState:
     __slots__ = (
         "active",
         "bucket",
@@ -80,20 +80,21 @@ class _Host:
     def __init__(self, per_host: int, rps: float | None) -> None:
         self.limit = per_host
         self.active = 0
-        """Slots held."""
+        """Above ``limit`` for a while after a halving: the requests already sent finish."""
         self.users = 0
-        """Slots held or awaited."""
+        """Tasks holding or awaiting a slot: the state may be dropped only when none is left."""
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.bucket = _TokenBucket(rps) if rps else None
         self.credit = 0
-        """Answers since the limit last changed."""
+        """Answers toward the next slot, reset by a change of the limit: a grown limit must be
+        used as long again before it grows further."""
         self.failures = 0
-        """Timeouts and connection failures in a row."""
         self.lowered_at = float("-inf")
         self.not_before = 0.0
-        """While paused: the ``time.monotonic()`` before which no request starts."""
+        """A later Retry-After moves it without a new timer: ``_resume`` re-arms for it."""
         self.resume: asyncio.TimerHandle | None = None
-        """The end of the pause under way; None when the host is not paused."""
+        """Also what says the host is paused (not None), so the timer and the flag cannot
+        disagree."""
 
 
 class HostLimiter:
@@ -110,19 +111,19 @@ class HostLimiter:
         self._rps = rps
         self._host_labels = host_labels
         self._retry_after_max = retry_after_max
-        self._hosts: dict[str, _Host] = {}
+        self._hosts: dict[str, _HostState] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()
-        """Hosts remembered without users, least recently used first."""
+        """Hosts remembered without users, in the order they are to be forgotten."""
 
     def slot(self, host: str) -> _Slot:
         """``async with limiter.slot(host):`` holds one of the host's slots; the exception
         leaving the block, if any, is the outcome the host's limit and pause learn from."""
         return _Slot(self, host)
 
-    async def _acquire(self, host: str) -> _Host:
+    async def _acquire(self, host: str) -> _HostState:
         state = self._hosts.get(host)
         if state is None:
-            state = self._hosts[host] = _Host(self._per_host, self._rps)
+            state = self._hosts[host] = _HostState(self._per_host, self._rps)
         else:
             self._idle.pop(host, None)
         state.users += 1
@@ -145,8 +146,8 @@ class HostLimiter:
             metrics.HOST_WAIT.labels(self._host_labels(host)).inc(waited)
         return state
 
-    async def _hold(self, host: str, state: _Host) -> None:
-        """Take one of the host's slots once it is free and the host not paused."""
+    async def _hold(self, host: str, state: _HostState) -> None:
+        """A task cancelled while it waits stops counting as the host's user."""
         try:
             if state.resume is None and not state.waiters and state.active < state.limit:
                 state.active += 1
@@ -159,7 +160,7 @@ class HostLimiter:
             self._leave(host, state)
             raise
 
-    async def _queue(self, state: _Host) -> None:
+    async def _queue(self, state: _HostState) -> None:
         """Wait in line until ``_admit`` hands this task a slot."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         state.waiters.append(future)
@@ -173,8 +174,7 @@ class HostLimiter:
                 state.waiters.remove(future)
             raise
 
-    def _admit(self, state: _Host) -> None:
-        """Hand free slots to the waiters, first come first served, unless the host is paused."""
+    def _admit(self, state: _HostState) -> None:
         while state.waiters and state.active < state.limit and state.resume is None:
             future = state.waiters.popleft()
             if not future.done():  # a cancelled waiter's future is done
@@ -182,14 +182,14 @@ class HostLimiter:
                 future.set_result(None)
 
     def _release(
-        self, host: str, state: _Host, outcome: BaseException | None, started: float
+        self, host: str, state: _HostState, outcome: BaseException | None, started: float
     ) -> None:
         self._learn(host, state, outcome, started)  # while the request still counts in flight
         state.active -= 1
         self._admit(state)
         self._leave(host, state)
 
-    def _leave(self, host: str, state: _Host) -> None:
+    def _leave(self, host: str, state: _HostState) -> None:
         state.users -= 1
         if state.users:
             return
@@ -201,9 +201,8 @@ class HostLimiter:
             oldest, _ = self._idle.popitem(last=False)
             self._forget(oldest)
 
-    def _forgettable(self, state: _Host) -> bool:
-        """Nothing learnt about the host is left to keep: no pause, full limit, no run of
-        failures under way."""
+    def _forgettable(self, state: _HostState) -> bool:
+        """Nothing learnt about the host is left to keep: a fresh state would be the same."""
         return state.resume is None and state.limit >= self._per_host and not state.failures
 
     def _forget(self, host: str) -> None:
@@ -217,7 +216,7 @@ class HostLimiter:
     # --- what outcomes teach ---------------------------------------------------------------
 
     def _learn(
-        self, host: str, state: _Host, outcome: BaseException | None, started: float
+        self, host: str, state: _HostState, outcome: BaseException | None, started: float
     ) -> None:
         if outcome is None:
             self._answered(host, state)
@@ -246,7 +245,7 @@ class HostLimiter:
         elif failure.http_status is not None and failure.http_status < 500:
             self._answered(host, state)
 
-    def _answered(self, host: str, state: _Host) -> None:
+    def _answered(self, host: str, state: _HostState) -> None:
         """Additive increase: one more slot after as many answers as the limit, counting the
         answers that came while the host used its whole limit."""
         state.failures = 0
@@ -258,7 +257,7 @@ class HostLimiter:
             state.limit += 1
             self._show_limit(host, state.limit)
 
-    def _lower(self, host: str, state: _Host, started: float) -> bool:
+    def _lower(self, host: str, state: _HostState, started: float) -> bool:
         """Multiplicative decrease of what the host has in flight, once for the requests
         sent under the same limit."""
         if started < state.lowered_at or state.limit == 1:
@@ -270,7 +269,7 @@ class HostLimiter:
         self._show_limit(host, state.limit)
         return True
 
-    def _pause(self, host: str, state: _Host, seconds: float) -> bool:
+    def _pause(self, host: str, state: _HostState, seconds: float) -> bool:
         """Pause the host for ``seconds``; True when it was not paused already (a pause under
         way is only extended)."""
         until = time.monotonic() + seconds
@@ -284,7 +283,7 @@ class HostLimiter:
         metrics.HOST_PAUSES.labels(self._host_labels(host)).inc()
         return True
 
-    def _resume(self, host: str, state: _Host) -> None:
+    def _resume(self, host: str, state: _HostState) -> None:
         remaining = state.not_before - time.monotonic()
         if remaining > CLOCK_SLACK_S:  # extended meanwhile
             state.resume = asyncio.get_running_loop().call_later(
@@ -312,7 +311,7 @@ class _Slot:
     def __init__(self, limiter: HostLimiter, host: str) -> None:
         self._limiter = limiter
         self._host = host
-        self._state: _Host | None = None
+        self._state: _HostState | None = None
         self._started = 0.0
 
     async def __aenter__(self) -> None:
