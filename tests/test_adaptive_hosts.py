@@ -61,17 +61,7 @@ def test_retry_after_pauses_the_whole_host(
     capsys.readouterr()
     assert status == 0
 
-    refusals = [when for when, code in fault_origin.answered if code == 429]
-    assert refusals and max(refusals) - min(refusals) > 1.5  # two rounds of pauses at least
-    arrivals = sorted(when for times in fault_origin.arrivals.values() for when in times)
-    for refused in refusals:
-        quiet_to = refused + 2 - CLOCK_SLACK_S
-        early = [
-            when - refused for when in arrivals if refused + IN_FLIGHT_SLACK_S < when < quiet_to
-        ]
-        assert not early, f"requests {early} s after a 429 asking for 2 s"
-        # only requests sent before the 429 came back, at most the per-host limit, arrive later
-        assert sum(1 for when in arrivals if refused < when < quiet_to) < PER_HOST
+    refusals = _assert_quiet_during_pauses(fault_origin)
 
     figures = json.loads(_command(capsys, "report", out, "--json"))
     assert figures["by_status"] == {"ok": rows}
@@ -85,6 +75,46 @@ def test_retry_after_pauses_the_whole_host(
     assert "hosts that throttled the job" in text
     line = next(line for line in text.splitlines() if line.strip().startswith(HOST))
     assert line.split()[1:] == [f"{len(refusals):,}", str(throttled["pauses"]), "0"]
+
+
+def _assert_quiet_during_pauses(fault_origin: FaultOrigin) -> list[float]:
+    """No request reaches the origin during the 2 s each of its 429s asked for, but those sent
+    before the 429 came back; returns the times of the 429s."""
+    refusals = [when for when, code in fault_origin.answered if code == 429]
+    assert refusals and max(refusals) - min(refusals) > 1.5  # two rounds of pauses at least
+    arrivals = sorted(when for times in fault_origin.arrivals.values() for when in times)
+    for refused in refusals:
+        quiet_to = refused + 2 - CLOCK_SLACK_S
+        early = [
+            when - refused for when in arrivals if refused + IN_FLIGHT_SLACK_S < when < quiet_to
+        ]
+        assert not early, f"requests {early} s after a 429 asking for 2 s"
+        # only requests sent before the 429 came back, at most the per-host limit, arrive later
+        assert sum(1 for when in arrivals if refused < when < quiet_to) < PER_HOST
+    return refusals
+
+
+def test_retry_after_pauses_rows_asleep_for_a_host_rps_token(
+    tmp_path: Path, origin: tuple[FaultOrigin, str]
+) -> None:
+    """The same origin, with ``host_rps`` 8: rows that hold a slot and sleep for their token
+    when a 429 comes back do not start before the pause ends either; every row ends ok."""
+    fault_origin, base = origin
+    rows = 24
+    urls = [f"{base}/throttle/r{i}.jpg" for i in range(rows)]
+    keys = [f"k{i}" for i in range(rows)]
+    write_shard_input(tmp_path / "in.parquet", urls, ["bird"] * rows, keys)
+    result = run_shard(
+        {
+            "shard_id": "rps",
+            "input_path": str(tmp_path / "in.parquet"),
+            "output_dir": str(tmp_path / "out"),
+            "fetch": {"allow_private": True, "per_host": PER_HOST, "host_rps": 8.0},
+        }
+    )
+    assert result["ok"], result
+    assert result["counts"] == {"ok": rows}
+    _assert_quiet_during_pauses(fault_origin)
 
 
 def _command(capsys, *args: str | Path) -> str:
