@@ -5,7 +5,8 @@ asks for one with Retry-After, and an optional token bucket.
 What a request's outcome teaches is read from the exception (or its absence) that leaves its
 ``slot``:
 - 429 or 503 with Retry-After: no new request to the host starts until then (capped by
-  ``retry_after_max``); requests already under way finish, queued ones wait.
+  ``retry_after_max``); requests already under way finish, queued ones wait, and so do those
+  that held a slot asleep for their token when the pause began.
 - 429 or 503 without Retry-After, or ``FAILURE_RUN`` timeouts/resets in a row: the host's limit
   becomes half of what it had in flight then (its limit or fewer; floor 1), as TCP halves its
   flight size: halving a limit of 128 with 4 in flight would change nothing. Only requests
