@@ -6,6 +6,7 @@ hosts)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import Counter, defaultdict
@@ -24,6 +25,8 @@ from .console import format_duration
 from .job import Job, JobRun
 from .ledger import DONE, RUNNING, Ledger, ShardRecord
 from .manifests import latest_outcomes
+
+log = logging.getLogger(__name__)
 
 TOP = 10
 THROUGHPUT_BUCKETS = 24
@@ -228,13 +231,23 @@ def throttled_hosts(run: JobRun) -> list[ThrottledHost]:
     most first: 429/503 answers, host-wide pauses and concurrency-limit halvings, summed over
     the committed shards (every round's)."""
     totals = ThrottleLog()
+    malformed = 0
     for shard in run.ledger.shards([DONE]):
         try:
             stats = json.loads(run.files(shard.shard_id).stats.read_text())
         except (OSError, ValueError):  # gone since it was checked: the other shards still tell
             continue
-        for item in stats.get("throttled_hosts") or ():
-            totals.add(item)
+        items = (stats.get("throttled_hosts") or []) if isinstance(stats, dict) else None
+        if not isinstance(items, list):  # the file or its list is not what ldawt writes
+            malformed += 1
+            continue
+        malformed += sum(not totals.add(item) for item in items)
+    if malformed:
+        log.warning(
+            f"skipped {malformed} malformed throttled_hosts entries in the shards' stats files "
+            "(written by another ldawt version?); the hosts that throttled the job may be "
+            "incomplete"
+        )
     return totals.top(TOP * 2)
 
 

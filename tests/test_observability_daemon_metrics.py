@@ -103,11 +103,13 @@ def test_a_real_shard_moves_the_counters_by_its_manifest(
     assert delta('ldawt_http_responses_total{code_class="4xx"}') == 2
     assert delta_sum("ldawt_host_responses_total{") == attempts
     assert delta_sum("ldawt_host_throttled_responses_total{") == 1
-    # the 429 named no Retry-After: the host's limit halved (from 128), no pause
+    # the 429 named no Retry-After: the host's limit halved, no pause
     assert delta_sum("ldawt_host_limit_halvings_total{") == 1
     assert delta_sum("ldawt_host_pauses_total{") == 0
     assert after["ldawt_hosts_paused"] == before["ldawt_hosts_paused"]
-    assert after[f'ldawt_host_concurrency_limit{{host="{LOOPBACK}"}}'] == 64
+    # half of what was in flight (the 8 requests at most), not of 128; the 8 answers after
+    # it raise it by one at most
+    assert 1 <= after[f'ldawt_host_concurrency_limit{{host="{LOOPBACK}"}}'] <= 8 // 2 + 1
     assert result["throttled_hosts"] == [
         {"host": LOOPBACK, "throttled": 1, "pauses": 0, "halvings": 1}
     ]

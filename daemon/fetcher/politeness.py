@@ -5,12 +5,16 @@ asks for one with Retry-After, and an optional token bucket.
 What a request's outcome teaches is read from the exception (or its absence) that leaves its
 ``slot``:
 - 429 or 503 with Retry-After: no new request to the host starts until then (capped by
-  ``retry_after_max``); requests already under way finish, queued ones wait.
+  ``retry_after_max``); requests already under way finish, queued ones wait, and so do those
+  that held a slot asleep for their token when the pause began.
 - 429 or 503 without Retry-After, or ``FAILURE_RUN`` timeouts/resets in a row: the host's limit
-  halves (floor 1). Only requests started after the previous halving count, so one burst of
-  answers to requests sent under the old limit halves it once, as TCP does once per window.
-- any other answer: after as many answers as the limit, the limit grows by one, up to
-  ``per_host``.
+  becomes half of what it had in flight then (its limit or fewer; floor 1), as TCP halves its
+  flight size: halving a limit of 128 with 4 in flight would change nothing. Only requests
+  started after the previous halving count, so one burst of answers to requests sent under the
+  old limit halves it once, as TCP does once per window.
+- any other answer, while the host has its whole limit in flight: after as many such answers
+  as the limit, the limit grows by one, up to ``per_host``. A limit the host does not reach
+  does not grow, so it cannot creep up past what the host was shown to take.
 
 State for a host lives while someone uses it, and after that only while the host is paused,
 below its full limit or in a run of failures, for at most ``REMEMBERED_HOSTS`` hosts (the least
@@ -54,8 +58,13 @@ class _TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
+    def refund(self) -> None:
+        """Give back a token taken but not used: the requests already waiting keep their turn
+        and the next taker gets this one's."""
+        self._tokens = min(self._capacity, self._tokens + 1.0)
 
-class _Host:
+
+class _HostState:
     __slots__ = (
         "active",
         "bucket",
@@ -72,20 +81,21 @@ class _Host:
     def __init__(self, per_host: int, rps: float | None) -> None:
         self.limit = per_host
         self.active = 0
-        """Slots held."""
+        """Above ``limit`` for a while after a halving: the requests already sent finish."""
         self.users = 0
-        """Slots held or awaited."""
+        """Tasks holding or awaiting a slot: the state may be dropped only when none is left."""
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.bucket = _TokenBucket(rps) if rps else None
         self.credit = 0
-        """Answers since the limit last changed."""
+        """Answers toward the next slot, reset by a change of the limit: a grown limit must be
+        used as long again before it grows further."""
         self.failures = 0
-        """Timeouts and connection failures in a row."""
         self.lowered_at = float("-inf")
         self.not_before = 0.0
-        """While paused: the ``time.monotonic()`` before which no request starts."""
+        """A later Retry-After moves it without a new timer: ``_resume`` re-arms for it."""
         self.resume: asyncio.TimerHandle | None = None
-        """The end of the pause under way; None when the host is not paused."""
+        """Also what says the host is paused (not None), so the timer and the flag cannot
+        disagree."""
 
 
 class HostLimiter:
@@ -102,23 +112,43 @@ class HostLimiter:
         self._rps = rps
         self._host_labels = host_labels
         self._retry_after_max = retry_after_max
-        self._hosts: dict[str, _Host] = {}
+        self._hosts: dict[str, _HostState] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()
-        """Hosts remembered without users, least recently used first."""
+        """Hosts remembered without users, in the order they are to be forgotten."""
 
     def slot(self, host: str) -> _Slot:
         """``async with limiter.slot(host):`` holds one of the host's slots; the exception
         leaving the block, if any, is the outcome the host's limit and pause learn from."""
         return _Slot(self, host)
 
-    async def _acquire(self, host: str) -> _Host:
+    async def _acquire(self, host: str) -> _HostState:
         state = self._hosts.get(host)
         if state is None:
-            state = self._hosts[host] = _Host(self._per_host, self._rps)
+            state = self._hosts[host] = _HostState(self._per_host, self._rps)
         else:
             self._idle.pop(host, None)
         state.users += 1
         started = time.monotonic()
+        await self._hold(host, state)
+        while state.bucket is not None and (wait := state.bucket.delay()) > 0:
+            try:
+                await asyncio.sleep(wait)
+            except BaseException as exc:
+                self._release(host, state, exc, started)
+                raise
+            if state.resume is None:
+                break
+            # paused while it slept: it gives back its token and its slot and waits in line
+            state.bucket.refund()
+            state.active -= 1
+            await self._hold(host, state)
+        waited = time.monotonic() - started
+        if waited > 0.001:
+            metrics.HOST_WAIT.labels(self._host_labels(host)).inc(waited)
+        return state
+
+    async def _hold(self, host: str, state: _HostState) -> None:
+        """A task cancelled while it waits stops counting as the host's user."""
         try:
             if state.resume is None and not state.waiters and state.active < state.limit:
                 state.active += 1
@@ -130,19 +160,8 @@ class HostLimiter:
         except BaseException:
             self._leave(host, state)
             raise
-        wait = state.bucket.delay() if state.bucket else 0.0
-        if wait > 0:
-            try:
-                await asyncio.sleep(wait)
-            except BaseException as exc:
-                self._release(host, state, exc, started)
-                raise
-        waited = time.monotonic() - started
-        if waited > 0.001:
-            metrics.HOST_WAIT.labels(self._host_labels(host)).inc(waited)
-        return state
 
-    async def _queue(self, state: _Host) -> None:
+    async def _queue(self, state: _HostState) -> None:
         """Wait in line until ``_admit`` hands this task a slot."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         state.waiters.append(future)
@@ -156,8 +175,7 @@ class HostLimiter:
                 state.waiters.remove(future)
             raise
 
-    def _admit(self, state: _Host) -> None:
-        """Hand free slots to the waiters, first come first served, unless the host is paused."""
+    def _admit(self, state: _HostState) -> None:
         while state.waiters and state.active < state.limit and state.resume is None:
             future = state.waiters.popleft()
             if not future.done():  # a cancelled waiter's future is done
@@ -165,14 +183,14 @@ class HostLimiter:
                 future.set_result(None)
 
     def _release(
-        self, host: str, state: _Host, outcome: BaseException | None, started: float
+        self, host: str, state: _HostState, outcome: BaseException | None, started: float
     ) -> None:
+        self._learn(host, state, outcome, started)  # while the request still counts in flight
         state.active -= 1
-        self._learn(host, state, outcome, started)
         self._admit(state)
         self._leave(host, state)
 
-    def _leave(self, host: str, state: _Host) -> None:
+    def _leave(self, host: str, state: _HostState) -> None:
         state.users -= 1
         if state.users:
             return
@@ -184,9 +202,8 @@ class HostLimiter:
             oldest, _ = self._idle.popitem(last=False)
             self._forget(oldest)
 
-    def _forgettable(self, state: _Host) -> bool:
-        """Nothing learnt about the host is left to keep: no pause, full limit, no run of
-        failures under way."""
+    def _forgettable(self, state: _HostState) -> bool:
+        """Nothing learnt about the host is left to keep: a fresh state would be the same."""
         return state.resume is None and state.limit >= self._per_host and not state.failures
 
     def _forget(self, host: str) -> None:
@@ -200,7 +217,7 @@ class HostLimiter:
     # --- what outcomes teach ---------------------------------------------------------------
 
     def _learn(
-        self, host: str, state: _Host, outcome: BaseException | None, started: float
+        self, host: str, state: _HostState, outcome: BaseException | None, started: float
     ) -> None:
         if outcome is None:
             self._answered(host, state)
@@ -229,10 +246,11 @@ class HostLimiter:
         elif failure.http_status is not None and failure.http_status < 500:
             self._answered(host, state)
 
-    def _answered(self, host: str, state: _Host) -> None:
-        """Additive increase: one more slot after as many answers as the limit."""
+    def _answered(self, host: str, state: _HostState) -> None:
+        """Additive increase: one more slot after as many answers as the limit, counting the
+        answers that came while the host used its whole limit."""
         state.failures = 0
-        if state.limit >= self._per_host:
+        if state.limit >= self._per_host or state.active < state.limit:
             return
         state.credit += 1
         if state.credit >= state.limit:
@@ -240,18 +258,19 @@ class HostLimiter:
             state.limit += 1
             self._show_limit(host, state.limit)
 
-    def _lower(self, host: str, state: _Host, started: float) -> bool:
-        """Multiplicative decrease, once for the requests sent under the same limit."""
+    def _lower(self, host: str, state: _HostState, started: float) -> bool:
+        """Multiplicative decrease of what the host has in flight, once for the requests
+        sent under the same limit."""
         if started < state.lowered_at or state.limit == 1:
             return False
         state.lowered_at = time.monotonic()
         state.credit = 0
-        state.limit = max(1, state.limit // 2)
+        state.limit = max(1, min(state.limit, state.active) // 2)
         metrics.HOST_HALVINGS.labels(self._host_labels(host)).inc()
         self._show_limit(host, state.limit)
         return True
 
-    def _pause(self, host: str, state: _Host, seconds: float) -> bool:
+    def _pause(self, host: str, state: _HostState, seconds: float) -> bool:
         """Pause the host for ``seconds``; True when it was not paused already (a pause under
         way is only extended)."""
         until = time.monotonic() + seconds
@@ -265,7 +284,7 @@ class HostLimiter:
         metrics.HOST_PAUSES.labels(self._host_labels(host)).inc()
         return True
 
-    def _resume(self, host: str, state: _Host) -> None:
+    def _resume(self, host: str, state: _HostState) -> None:
         remaining = state.not_before - time.monotonic()
         if remaining > CLOCK_SLACK_S:  # extended meanwhile
             state.resume = asyncio.get_running_loop().call_later(
@@ -293,7 +312,7 @@ class _Slot:
     def __init__(self, limiter: HostLimiter, host: str) -> None:
         self._limiter = limiter
         self._host = host
-        self._state: _Host | None = None
+        self._state: _HostState | None = None
         self._started = 0.0
 
     async def __aenter__(self) -> None:

@@ -5,7 +5,7 @@ the shard whose request it was, found through ``CURRENT_LOG``)."""
 from __future__ import annotations
 
 import contextvars
-from typing import TypedDict
+from typing import TypedDict, TypeGuard
 
 TOP_HOSTS = 20
 """A shard's stats name at most this many hosts (those that pushed back most)."""
@@ -37,10 +37,14 @@ class ThrottleLog:
             counts = self._hosts[host] = dict.fromkeys(THROTTLE_KINDS, 0)
         counts[kind] += times
 
-    def add(self, item: ThrottledHost) -> None:
-        self.count(item["host"], "throttled", item["throttled"])
-        self.count(item["host"], "pauses", item["pauses"])
-        self.count(item["host"], "halvings", item["halvings"])
+    def add(self, item: object) -> bool:
+        """Count a ``ThrottledHost`` read back from a stats file; False, counting nothing, when
+        ``item`` is not one (a file written by another ldawt version)."""
+        if not _is_throttled_host(item):
+            return False
+        for kind in THROTTLE_KINDS:
+            self.count(item["host"], kind, item[kind])
+        return True
 
     def top(self, most: int = TOP_HOSTS) -> list[ThrottledHost]:
         """The ``most`` hosts with the most events, most first."""
@@ -54,6 +58,14 @@ class ThrottleLog:
             )
             for host, counts in ranked[:most]
         ]
+
+
+def _is_throttled_host(item: object) -> TypeGuard[ThrottledHost]:
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("host"), str)
+        and all(type(item.get(kind)) is int and item[kind] >= 0 for kind in THROTTLE_KINDS)
+    )
 
 
 CURRENT_LOG: contextvars.ContextVar[ThrottleLog | None] = contextvars.ContextVar(
