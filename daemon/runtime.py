@@ -17,6 +17,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from PIL import Image
+
 from . import metrics
 from .fetcher.fetch import Fetcher
 from .fetcher.options import FetchOptions
@@ -26,6 +28,8 @@ T = TypeVar("T")
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 TLS_READ_BUFFER = 256 * 1024  # uvloop's read buffer, one per TLS connection
+PILLOW_BLOCK_SIZE = 64 * 1024  # under TLS_READ_BUFFER: Pillow's blocks stay on the heap
+PILLOW_BLOCKS_KEPT = 8
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -49,9 +53,19 @@ def keep_tls_buffers_mapped() -> None:
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, TLS_READ_BUFFER)
 
 
+def keep_images_on_the_heap() -> None:
+    """Let Pillow allocate images in blocks under the pinned mmap threshold, and keep a few
+    freed ones. Its default 16 MiB blocks would each be a fresh mapping whose pages fault in
+    (``keep_tls_buffers_mapped``): a fifth of a keep_ratio 512 resize's CPU, measured by
+    bench/pillow_blocks.py (bench/RESULTS.md)."""
+    Image.core.set_block_size(PILLOW_BLOCK_SIZE)
+    Image.core.set_blocks_max(PILLOW_BLOCKS_KEPT)
+
+
 class DaemonRuntime:
     def __init__(self) -> None:
         keep_tls_buffers_mapped()
+        keep_images_on_the_heap()
         self.loop = new_event_loop()
         self._fetchers: dict[tuple[Any, ...], Fetcher] = {}
         self._thread = threading.Thread(
