@@ -22,6 +22,10 @@ class ConnectionUse:
         self.new = 0
 
 
+IDLE_HEADROOM_DIVISOR = 4
+"""Idle connections kept beyond ``--concurrency``: a quarter of it (bench/RESULTS.md, issue 12:
+none lost half the reuse of the many-host profile, all of it doubled the memory bound)."""
+
 UNCOUNTED = ConnectionUse()
 """The use of requests that are not a row's (robots.txt): their connections are not counted in
 ``ldawt_connections``, which the manifest's ``connections_new`` add up to."""
@@ -33,9 +37,28 @@ CURRENT_USE: contextvars.ContextVar[ConnectionUse | None] = contextvars.ContextV
 
 class CountingConnector(aiohttp.TCPConnector):
     """Counts the connections it opens; every other request used a warm one. Cheaper than
-    aiohttp's tracing, which sends about ten signals per request once any is configured."""
+    aiohttp's tracing, which sends about ten signals per request once any is configured.
+
+    It also bounds the idle pool. aiohttp's ``limit`` counts connections in use only, so idle
+    keep-alive connections to hosts already done stayed open for ``keepalive_timeout``, each
+    TLS one with its 256 KiB read buffer and OpenSSL state: one process held 1.35 GB over
+    2,000 hosts (bench/RESULTS.md). Before a connection is opened, the least recently released
+    idle ones are closed until in use + idle <= ``limit`` + ``idle_headroom``. The headroom keeps
+    reuse when every slot is busy: a host with many rows takes its released connections back
+    before that many other hosts need new ones, so they stay while one-row hosts' go.
+
+    aiohttp has no public setting for this; this relies on ``BaseConnector._conns`` (key ->
+    (protocol, release time) pairs, oldest first) and ``_acquired`` (connections in use, the
+    one being opened included) as they are in aiohttp 3.14; tests/test_idle_pool.py fails if
+    they change.
+    """
+
+    def __init__(self, *, idle_headroom: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._idle_headroom = idle_headroom
 
     async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self._close_least_recent_idle()
         protocol = await super()._create_connection(*args, **kwargs)
         use = CURRENT_USE.get()
         if use is UNCOUNTED:
@@ -44,6 +67,17 @@ class CountingConnector(aiohttp.TCPConnector):
         if use is not None:
             use.new += 1
         return protocol
+
+    def _close_least_recent_idle(self) -> None:
+        idle = sum(len(conns) for conns in self._conns.values())
+        for _ in range(len(self._acquired) + idle - self.limit - self._idle_headroom):
+            key = min((k for k, c in self._conns.items() if c), key=lambda k: self._conns[k][0][1])
+            conns = self._conns[key]
+            protocol, _ = conns[0]
+            del conns[0]
+            if not conns:
+                del self._conns[key]
+            protocol.close()
 
 
 def _ssl_setting(options: FetchOptions) -> ssl.SSLContext | bool:
@@ -61,6 +95,7 @@ def open_session(options: FetchOptions) -> aiohttp.ClientSession:
         limit_per_host=options.per_host,
         use_dns_cache=False,  # the resolver caches, failures included (fetcher/dns.py)
         keepalive_timeout=30,
+        idle_headroom=options.concurrency // IDLE_HEADROOM_DIVISOR,
         resolver=GuardedResolver(options.allow_private),
         ssl=_ssl_setting(options),
     )
