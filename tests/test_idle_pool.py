@@ -63,7 +63,7 @@ def test_open_connections_stay_within_the_cap_over_hundreds_of_hosts(tmp_path: P
     assert max(busy) <= CAP, f"peak {max(busy)} open connections: {busy}"
     stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
     assert sum(s["counts"].get("ok", 0) for s in stats) == len(urls)
-    # each light row needs a connection of its own; most of the heavy host's rows reuse one
-    # (without the headroom beyond --concurrency, four in five opened a new one)
+    # each light row needs a connection of its own; the heavy host's rows, under way all the
+    # time, reuse theirs: at most one new per slot (closing by release time alone: 37 of 150)
     heavy_new = sum(s["connections_new"] for s in stats) - LIGHT_HOSTS
-    assert 0 < heavy_new <= HEAVY_ROWS // 2, heavy_new
+    assert 0 < heavy_new <= CONCURRENCY, heavy_new

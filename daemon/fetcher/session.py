@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -42,10 +43,11 @@ class CountingConnector(aiohttp.TCPConnector):
     It also bounds the idle pool. aiohttp's ``limit`` counts connections in use only, so idle
     keep-alive connections to hosts already done stayed open for ``keepalive_timeout``, each
     TLS one with its 256 KiB read buffer and OpenSSL state: one process held 1.35 GB over
-    2,000 hosts (bench/RESULTS.md). Before a connection is opened, the least recently released
-    idle ones are closed until in use + idle <= ``limit`` + ``idle_headroom``. The headroom keeps
-    reuse when every slot is busy: a host with many rows takes its released connections back
-    before that many other hosts need new ones, so they stay while one-row hosts' go.
+    2,000 hosts (bench/RESULTS.md). Before a connection is opened, idle ones are closed until
+    in use + idle <= ``limit`` + ``idle_headroom``: first those of hosts no request holds or
+    awaits a slot of (``host_in_use``), least recently released first, then the others. A host
+    with requests under way (a heavy host, or a row waiting for a global slot after its
+    host's robots.txt) keeps its connections; one-row hosts already done lose theirs.
 
     aiohttp has no public setting for this; this relies on ``BaseConnector._conns`` (key ->
     (protocol, release time) pairs, oldest first) and ``_acquired`` (connections in use, the
@@ -53,9 +55,12 @@ class CountingConnector(aiohttp.TCPConnector):
     they change.
     """
 
-    def __init__(self, *, idle_headroom: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *, idle_headroom: int, host_in_use: Callable[[str], bool], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._idle_headroom = idle_headroom
+        self._host_in_use = host_in_use
 
     async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
         self._close_least_recent_idle()
@@ -71,7 +76,10 @@ class CountingConnector(aiohttp.TCPConnector):
     def _close_least_recent_idle(self) -> None:
         idle = sum(len(conns) for conns in self._conns.values())
         for _ in range(len(self._acquired) + idle - self.limit - self._idle_headroom):
-            key = min((k for k, c in self._conns.items() if c), key=lambda k: self._conns[k][0][1])
+            key = min(
+                (k for k, c in self._conns.items() if c),
+                key=lambda k: (self._host_in_use(k.host), self._conns[k][0][1]),
+            )
             conns = self._conns[key]
             protocol, _ = conns[0]
             del conns[0]
@@ -88,14 +96,18 @@ def _ssl_setting(options: FetchOptions) -> ssl.SSLContext | bool:
     return True
 
 
-def open_session(options: FetchOptions) -> aiohttp.ClientSession:
-    """Create the pooled session; call on the event loop that will use it."""
+def open_session(
+    options: FetchOptions, host_in_use: Callable[[str], bool]
+) -> aiohttp.ClientSession:
+    """Create the pooled session; call on the event loop that will use it. ``host_in_use``
+    tells which hosts' idle connections to keep longest."""
     connector = CountingConnector(
         limit=options.concurrency,
         limit_per_host=options.per_host,
         use_dns_cache=False,  # the resolver caches, failures included (fetcher/dns.py)
         keepalive_timeout=30,
         idle_headroom=options.concurrency // IDLE_HEADROOM_DIVISOR,
+        host_in_use=host_in_use,
         resolver=GuardedResolver(options.allow_private),
         ssl=_ssl_setting(options),
     )
