@@ -6,6 +6,7 @@ its output). To change how ldawt is called, edit :func:`ldawt_command` only.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tarfile
@@ -253,6 +254,14 @@ def ldawt_job(
     return Job(name, profile, cmd, base_env(), out_dir, rows, _count_ldawt, 1800, is_ldawt=True)
 
 
+def _ldawt_connections(out_dir: Path) -> str:
+    """The connections ldawt opened and reused for its rows, from the shards' stats files."""
+    stats = [json.loads(p.read_text()) for p in out_dir.rglob("*_stats.json")]
+    new = sum(s.get("connections_new", 0) for s in stats)
+    reused = sum(s.get("connections_reused", 0) for s in stats)
+    return f"connections: {new:,} new, {reused:,} reused"
+
+
 def _count_ldawt(job: Job) -> Counted:
     """Rows and successes from the manifests, images from the tars; they must agree."""
     import pyarrow.compute as pc
@@ -271,6 +280,7 @@ def _count_ldawt(job: Job) -> Counted:
             statuses[row["values"]] = statuses.get(row["values"], 0) + row["counts"]
     ok = statuses.pop("ok", 0)
     detail = f"failed {statuses}" if statuses else ""
+    detail = f"{detail} {_ldawt_connections(job.out_dir)}".strip()
     if ok != in_tars.ok:
         detail = f"{detail} manifests say {ok} ok, tars hold {in_tars.ok} images".strip()
     return Counted(in_tars.ok, in_tars.bytes, accounted, detail)

@@ -4,8 +4,10 @@ URL tables pointing at it, and the manager run as a real subprocess."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -62,6 +64,38 @@ def running_origin(delay_s: float = 0.0, image_bytes: int = 3000) -> Iterator[Or
     with serve_in_background(origin.app()) as port:
         origin.port = port
         yield origin
+
+
+@contextmanager
+def origin_on(addresses: list[str], delay_s: float = 0.0) -> Iterator[int]:
+    """One aiohttp app answering on every address (same port): /<name>.jpg is a JPEG, after
+    ``delay_s``."""
+
+    async def serve(request: web.Request) -> web.Response:
+        if request.path == "/robots.txt":
+            raise web.HTTPNotFound()
+        await asyncio.sleep(delay_s)
+        return web.Response(body=make_jpeg(request.path, 2000), content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    loop.run_until_complete(runner.setup())
+    with socket.socket() as probe:
+        probe.bind((addresses[0], 0))
+        port = probe.getsockname()[1]
+    for address in addresses:
+        loop.run_until_complete(web.TCPSite(runner, address, port).start())
+    thread = threading.Thread(target=loop.run_forever, name="many-host-origin", daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 def write_table(path: Path, columns: dict[str, list]) -> Path:

@@ -4,25 +4,17 @@ mount namespace whose /etc/resolv.conf names that server."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-import socket
 import subprocess
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from aiohttp import web
 from dns_server import Unbound, Zone, in_namespace, unbound_missing
-from manager_support import manager_command, url_table
-
-from ldawt.manager.images import make_jpeg
+from manager_support import manager_command, origin_on, url_table
 
 DOMAIN = "many.test"
 HOSTS = 200
@@ -47,36 +39,6 @@ def _real_dns_server() -> None:
     if os.environ.get("CI"):  # tests/run.sh installs unbound: CI must not skip this silently
         pytest.fail(f"CI is set but {reason}", pytrace=False)
     pytest.skip(reason)
-
-
-@contextmanager
-def origin_on(addresses: list[str]) -> Iterator[int]:
-    """One aiohttp app answering on every address (same port): /<name>.jpg is a JPEG."""
-
-    async def serve(request: web.Request) -> web.Response:
-        if request.path == "/robots.txt":
-            raise web.HTTPNotFound()
-        return web.Response(body=make_jpeg(request.path, 2000), content_type="image/jpeg")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", serve)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    loop.run_until_complete(runner.setup())
-    with socket.socket() as probe:
-        probe.bind((addresses[0], 0))
-        port = probe.getsockname()[1]
-    for address in addresses:
-        loop.run_until_complete(web.TCPSite(runner, address, port).start())
-    thread = threading.Thread(target=loop.run_forever, name="many-host-origin", daemon=True)
-    thread.start()
-    try:
-        yield port
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 def zipf_hosts(names: list[str], rows: int, seed: int = 12) -> list[str]:

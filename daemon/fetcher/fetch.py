@@ -67,12 +67,12 @@ class Fetcher:
 
     def __init__(self, options: FetchOptions) -> None:
         self.options = options
-        self._session = open_session(options)
         self._slots = asyncio.Semaphore(options.concurrency)
         self._host_labels = metrics.BoundedHostLabels()
         self._hosts = HostLimiter(
             options.per_host, options.host_rps, self._host_labels, options.retry_after_max
         )
+        self._session = open_session(options, self._hosts.in_use)
         self.budget = ByteBudget(options.max_buffered_bytes)
         self._robots = RobotsCache()
 

@@ -116,6 +116,11 @@ class HostLimiter:
         self._idle: OrderedDict[str, None] = OrderedDict()
         """Hosts remembered without users, in the order they are to be forgotten."""
 
+    def in_use(self, host: str) -> bool:
+        """Whether a request to ``host`` holds or awaits one of its slots now."""
+        state = self._hosts.get(host)
+        return state is not None and state.users > 0
+
     def slot(self, host: str) -> _Slot:
         """``async with limiter.slot(host):`` holds one of the host's slots; the exception
         leaving the block, if any, is the outcome the host's limit and pause learn from."""
