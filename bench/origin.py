@@ -1,8 +1,8 @@
 """The loopback origin: one nginx (Debian package) with two servers on 127.0.0.1.
 
 * profile 1, ``plain``: HTTP, files straight from the page cache with sendfile;
-* the transform profiles (only when a transform corpus is given): HTTP like profile 1, on a
-  third port, serving the larger photo-like JPEGs of ``bench/photos.py``;
+* more corpora over HTTP like profile 1, each on a port of its own (``extra``): the small-image
+  profile's, and the transform profiles' larger photo-like JPEGs of ``bench/photos.py``;
 * profile 2, ``tls``: HTTPS with a self-signed certificate (made with openssl) and a
   non-blocking 40 ms ``echo_sleep`` (libnginx-mod-http-echo) before ``echo_exec`` hands the
   request to the static file handler, so the delay comes before the first byte and the body,
@@ -23,7 +23,7 @@ import socket
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
@@ -75,9 +75,9 @@ http {{
         location /by3/ {{ internal; }}
         location / {{ return 404; }}
     }}
-{transform_server}}}
+{extra_servers}}}
 """
-TRANSFORM_SERVER = """
+EXTRA_SERVER = """
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         root {corpus};
@@ -122,11 +122,11 @@ class Origin:
     corpus: Path
     delay_s: float = 0.040
     workers: int = 2
-    transform_corpus: Path | None = None
-    """The transform profiles' corpus, served over HTTP on a third port (None: no server)."""
+    extra: dict[str, Path] = field(default_factory=dict)
+    """More corpora by name ("small", "transform"), each served over HTTP on its own port."""
     http_port: int = 0
     https_port: int = 0
-    transform_port: int = 0
+    extra_ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
     @property
@@ -137,9 +137,9 @@ class Origin:
     def https_base(self) -> str:
         return f"https://127.0.0.1:{self.https_port}"
 
-    @property
-    def transform_base(self) -> str:
-        return f"http://127.0.0.1:{self.transform_port}"
+    def base(self, name: str) -> str:
+        """The base URL of the server of the extra corpus ``name``."""
+        return f"http://127.0.0.1:{self.extra_ports[name]}"
 
     @property
     def cert(self) -> Path:
@@ -152,14 +152,11 @@ class Origin:
         last_err = ""
         for _ in range(attempts):  # a free port can be taken between probe and bind: retry
             self.http_port, self.https_port = free_port(), free_port()
-            transform_server = ""
-            if self.transform_corpus is not None:
-                self.transform_port = free_port()
-                transform_server = TRANSFORM_SERVER.format(
-                    port=self.transform_port,
-                    corpus=self.transform_corpus.resolve(),
-                    photo_re=PHOTO_RE,
-                )
+            self.extra_ports = {name: free_port() for name in self.extra}
+            extra_servers = "".join(
+                EXTRA_SERVER.format(port=port, corpus=self.extra[name].resolve(), photo_re=PHOTO_RE)
+                for name, port in self.extra_ports.items()
+            )
             conf = self.work / "nginx.conf"
             conf.write_text(
                 CONFIG.format(
@@ -173,7 +170,7 @@ class Origin:
                     key=key,
                     delay_s=f"{self.delay_s:.3f}",
                     photo_re=PHOTO_RE,
-                    transform_server=transform_server,
+                    extra_servers=extra_servers,
                 )
             )
             log = open(self.work / "nginx.stderr", "wb")  # noqa: SIM115 (kept by the child)
@@ -205,9 +202,7 @@ class Origin:
             if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
-                for port in (self.http_port, self.https_port, self.transform_port):
-                    if not port:
-                        continue
+                for port in (self.http_port, self.https_port, *self.extra_ports.values()):
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return True
             except OSError:
@@ -252,25 +247,25 @@ class Origin:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def verify(self, paths: list[str], corpus_file, transform_file=None) -> dict:
+    def verify(self, paths: list[str], corpus_file, extra_files: dict | None = None) -> dict:
         """Fetch ``paths`` from every server over one keep-alive connection each and check:
         status, Content-Type, Content-Length, body == the corpus file (SHA-256; ``corpus_file``,
-        or ``transform_file`` for the transform server), the connection was reused, and only
+        or ``extra_files[name]`` for an extra server), the connection was reused, and only
         the TLS server waits ``delay_s`` before the first byte of every response (reused
         connection included). Returns the first-byte times; raises otherwise."""
         ctx = ssl.create_default_context(cafile=str(self.cert))
+        extra_files = extra_files or {}
         ttfb: dict[str, list[float]] = {"plain": [], "tls": []}
-        if self.transform_port and transform_file is not None:
-            ttfb["transform"] = []
+        ttfb.update({name: [] for name in extra_files})
         for name in ttfb:
             if name == "tls":
                 conn = http.client.HTTPSConnection(
                     "127.0.0.1", self.https_port, timeout=10, context=ctx
                 )
             else:
-                port = self.transform_port if name == "transform" else self.http_port
+                port = self.extra_ports.get(name, self.http_port)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            expected = transform_file if name == "transform" else corpus_file
+            expected = extra_files.get(name, corpus_file)
             conn.connect()  # the TLS handshake is not part of the first-byte times
             sock = conn.sock
             try:
