@@ -15,6 +15,7 @@ import queue
 import tarfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,16 +23,19 @@ from ..contract import fsync_directory, partial_path
 
 Done = Callable[[str | None], None]
 _STOP = object()
+BATCH_MEMBERS = 64
+"""Members written by one ``writev`` at most (three buffers each, well under IOV_MAX)."""
 _ZEROS = bytes(tarfile.BLOCKSIZE)
 
 
 class TarWriter:
     """A tar being written by a background thread; ``commit`` or ``abort`` must end it.
 
-    Headers come from ``tarfile.TarInfo`` (PAX format); each member then goes out in one
-    ``os.writev`` of header, body and padding. ``TarFile.addfile`` would copy the body in 16 KiB
-    writes, and each write gives the GIL away to the busy event loop thread for up to a switch
-    interval, which made the writer fall behind the downloads.
+    Headers are those of ``tarfile.TarInfo`` (PAX format); the members queued at a time then go
+    out in one ``os.writev`` of their headers, bodies and paddings. ``TarFile.addfile`` would
+    copy a body in 16 KiB writes, and each write gives the GIL away to the busy event loop thread
+    for up to a switch interval, which made the writer fall behind the downloads; one call per
+    batch rather than per member saves the rest of those hand-overs and system calls.
     """
 
     def __init__(self, final_path: Path, compress: bool) -> None:
@@ -45,6 +49,7 @@ class TarWriter:
         )
         self._offset = 0
         self._mtime = int(time.time())
+        self._headers = HeaderTemplate(self._mtime)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
         self.members = 0
@@ -81,28 +86,40 @@ class TarWriter:
 
     def _run(self) -> None:
         try:
-            while (item := self._queue.get()) is not _STOP:
-                name, data, done = item
-                sha256 = None
-                if self._error is None:  # after a failure the rest is drained; commit raises it
-                    try:
-                        self._write_member(name, data)
-                        self.members += 1
-                        sha256 = hashlib.sha256(data).hexdigest()
-                    except BaseException as exc:  # disk full, I/O error: reported by commit
-                        self._error = exc
-                if done is not None:
-                    done(sha256)
+            stopping = False
+            while not stopping:
+                batch = [self._queue.get()]
+                while len(batch) < BATCH_MEMBERS and not self._queue.empty():
+                    batch.append(self._queue.get())
+                stopping = batch[-1] is _STOP  # always the last item queued
+                if stopping:
+                    batch.pop()
+                self._write_batch(batch)
         finally:
             self._close_file()
 
-    def _write_member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = self._mtime
-        info.mode = 0o644
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        self._emit([header, data, _ZEROS[: -len(data) % tarfile.BLOCKSIZE]])
+    def _write_batch(self, batch: list[tuple[str, bytes, Done | None]]) -> None:
+        """Write the members queued together in one ``writev``, then report each one done.
+        After a failure the rest is drained unwritten; commit raises the failure."""
+        parts: list[bytes] = []
+        written = 0
+        if self._error is None:
+            try:
+                for name, data, _ in batch:
+                    header = self._headers.header(name, len(data))
+                    parts += (header, data, _ZEROS[: -len(data) % tarfile.BLOCKSIZE])
+                    written += 1
+            except BaseException as exc:  # not bytes: the members before it still go in
+                self._error = exc
+            try:
+                self._emit(parts)
+                self.members += written
+            except BaseException as exc:  # disk full, I/O error
+                self._error = self._error or exc
+                written = 0
+        for index, (_, data, done) in enumerate(batch):
+            if done is not None:
+                done(hashlib.sha256(data).hexdigest() if index < written else None)
 
     def _emit(self, parts: list[bytes]) -> None:
         self._offset += sum(len(part) for part in parts)
@@ -110,12 +127,11 @@ class TarWriter:
             for part in parts:
                 self._gzip.write(part)
             return
-        pending = [memoryview(part) for part in parts if part]
+        pending = deque(memoryview(part) for part in parts if part)
         while pending:  # a regular file takes it all at once, short writes are rare
             sent = os.writev(self._file.fileno(), pending)
             while pending and sent >= len(pending[0]):
-                sent -= len(pending[0])
-                pending.pop(0)
+                sent -= len(pending.popleft())
             if pending:
                 pending[0] = pending[0][sent:]
 
@@ -137,3 +153,40 @@ class TarWriter:
             self._file.close()
         except OSError as exc:
             self._error = self._error or exc
+
+
+class HeaderTemplate:
+    """The header of a regular file member (mode 644, one mtime), as ``tarfile.TarInfo.tobuf``
+    writes it in the PAX format, at a fraction of its cost (about 60 us per member).
+
+    A name of at most 100 ASCII bytes and a size of at most 11 octal digits need no PAX
+    extended header: the header is then ``tarfile``'s own header of an empty name and size 0
+    with those two fields and the checksum filled in. Other names go through ``TarInfo``.
+    """
+
+    _NAME = slice(0, tarfile.LENGTH_NAME)
+    _SIZE = slice(124, 136)
+    _CHKSUM = slice(148, 156)
+    _MAX_SIZE = 8**11 - 1
+
+    def __init__(self, mtime: int) -> None:
+        self._mtime = mtime
+        blank = bytearray(self._tarinfo("", 0))
+        blank[self._CHKSUM] = b" " * 8  # the checksum is summed over spaces in its own field
+        self._blank = bytes(blank)
+
+    def header(self, name: str, size: int) -> bytes:
+        if not (name.isascii() and len(name) <= tarfile.LENGTH_NAME and size <= self._MAX_SIZE):
+            return self._tarinfo(name, size)
+        block = bytearray(self._blank)
+        block[self._NAME] = name.encode("ascii").ljust(tarfile.LENGTH_NAME, tarfile.NUL)
+        block[self._SIZE] = b"%011o\0" % size
+        block[self._CHKSUM] = b"%06o\0 " % sum(block)
+        return bytes(block)
+
+    def _tarinfo(self, name: str, size: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mtime = self._mtime
+        info.mode = 0o644
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
