@@ -15,7 +15,6 @@ import queue
 import tarfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,19 +22,18 @@ from ..contract import fsync_directory, partial_path
 
 Done = Callable[[str | None], None]
 _STOP = object()
-BATCH_MEMBERS = 64
-"""Members written by one ``writev`` at most (three buffers each, well under IOV_MAX)."""
 _ZEROS = bytes(tarfile.BLOCKSIZE)
 
 
 class TarWriter:
     """A tar being written by a background thread; ``commit`` or ``abort`` must end it.
 
-    Headers are those of ``tarfile.TarInfo`` (PAX format); the members queued at a time then go
-    out in one ``os.writev`` of their headers, bodies and paddings. ``TarFile.addfile`` would
-    copy a body in 16 KiB writes, and each write gives the GIL away to the busy event loop thread
-    for up to a switch interval, which made the writer fall behind the downloads; one call per
-    batch rather than per member saves the rest of those hand-overs and system calls.
+    Headers are those of ``tarfile.TarInfo`` (PAX format); each member then goes out in one
+    ``os.writev`` of header, body and padding. ``TarFile.addfile`` would copy the body in 16 KiB
+    writes, and each write gives the GIL away to the busy event loop thread for up to a switch
+    interval, which made the writer fall behind the downloads. Batching the members queued
+    together into one ``writev`` saves little for small images and costs CPU for large ones: a
+    batch of a few hundred KB leaves the CPU cache before it is hashed (bench/RESULTS.md).
     """
 
     def __init__(self, final_path: Path, compress: bool) -> None:
@@ -86,40 +84,24 @@ class TarWriter:
 
     def _run(self) -> None:
         try:
-            stopping = False
-            while not stopping:
-                batch = [self._queue.get()]
-                while len(batch) < BATCH_MEMBERS and not self._queue.empty():
-                    batch.append(self._queue.get())
-                stopping = batch[-1] is _STOP  # always the last item queued
-                if stopping:
-                    batch.pop()
-                self._write_batch(batch)
+            while (item := self._queue.get()) is not _STOP:
+                name, data, done = item
+                sha256 = None
+                if self._error is None:  # after a failure the rest is drained; commit raises it
+                    try:
+                        self._write_member(name, data)
+                        self.members += 1
+                        sha256 = hashlib.sha256(data).hexdigest()
+                    except BaseException as exc:  # disk full, I/O error: reported by commit
+                        self._error = exc
+                if done is not None:
+                    done(sha256)
         finally:
             self._close_file()
 
-    def _write_batch(self, batch: list[tuple[str, bytes, Done | None]]) -> None:
-        """Write the members queued together in one ``writev``, then report each one done.
-        After a failure the rest is drained unwritten; commit raises the failure."""
-        parts: list[bytes] = []
-        written = 0
-        if self._error is None:
-            try:
-                for name, data, _ in batch:
-                    header = self._headers.header(name, len(data))
-                    parts += (header, data, _ZEROS[: -len(data) % tarfile.BLOCKSIZE])
-                    written += 1
-            except BaseException as exc:  # not bytes: the members before it still go in
-                self._error = exc
-            try:
-                self._emit(parts)
-                self.members += written
-            except BaseException as exc:  # disk full, I/O error
-                self._error = self._error or exc
-                written = 0
-        for index, (_, data, done) in enumerate(batch):
-            if done is not None:
-                done(hashlib.sha256(data).hexdigest() if index < written else None)
+    def _write_member(self, name: str, data: bytes) -> None:
+        header = self._headers.header(name, len(data))
+        self._emit([header, data, _ZEROS[: -len(data) % tarfile.BLOCKSIZE]])
 
     def _emit(self, parts: list[bytes]) -> None:
         self._offset += sum(len(part) for part in parts)
@@ -127,11 +109,12 @@ class TarWriter:
             for part in parts:
                 self._gzip.write(part)
             return
-        pending = deque(memoryview(part) for part in parts if part)
+        pending = [memoryview(part) for part in parts if part]
         while pending:  # a regular file takes it all at once, short writes are rare
             sent = os.writev(self._file.fileno(), pending)
             while pending and sent >= len(pending[0]):
-                sent -= len(pending.popleft())
+                sent -= len(pending[0])
+                pending.pop(0)
             if pending:
                 pending[0] = pending[0][sent:]
 
