@@ -5,6 +5,9 @@ The corpus has ``distinct`` real JPEG files (``img/NNNN.jpg``) plus 1,000 symlin
 ``by3/<last three digits of photo_id>.jpg``, so every path of the real URL list is served with
 no per-path file and the whole corpus stays a few tens of MB (and in the page cache).
 
+The small-image profile's corpus (``SMALL``) is made the same way at iNaturalist's ``medium``
+size (500 px on the long side, median near 40 kB), where the per-request cost dominates.
+
 The transform profiles' corpus (:func:`build_transform_corpus`) has the same ``by3`` links, to
 the larger photo-like JPEGs of ``bench/photos.py`` (1024-2048 px, a few with EXIF orientation).
 
@@ -16,12 +19,28 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CORPUS_VERSION = 2
 BY3_COUNT = 1000
-MIN_BYTES, MAX_BYTES = 30_000, 300_000
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """How a photo-like corpus is drawn: long sides, sensor grain, JPEG quality, byte bounds."""
+
+    long_sides: tuple[int, ...]
+    grain: tuple[float, float]
+    quality: tuple[int, int]
+    min_bytes: int
+    max_bytes: int
+
+
+MIXED = CorpusSpec((500, 500, 500, 640, 800, 1024), (4, 40), (78, 94), 30_000, 300_000)
+"""Profiles 1 and 2: 30-300 KB, median about 113 KB (iNat "medium" is 500 px, some larger)."""
+SMALL = CorpusSpec((500,), (2, 20), (75, 90), 10_000, 150_000)
+"""The small-image profile: iNaturalist's ``medium`` size, median about 40 KB."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +86,14 @@ def _photo(rng: random.Random, width: int, height: int, grain: float):  # -> PIL
     return Image.merge("RGB", channels)
 
 
-def build_corpus(root: Path, distinct: int = 300, seed: int = 7) -> CorpusInfo:
+def build_corpus(
+    root: Path, distinct: int = 300, seed: int = 7, spec: CorpusSpec = MIXED
+) -> CorpusInfo:
     """Create (or reuse) the corpus under ``root``; returns its description."""
     marker = root / "corpus.json"
     wanted = {"version": CORPUS_VERSION, "distinct": distinct, "seed": seed}
+    if spec != MIXED:  # today's corpus keeps its marker, hence its files
+        wanted["spec"] = list(asdict(spec).values())
     if marker.exists():
         meta = json.loads(marker.read_text())
         if {k: meta.get(k) for k in wanted} == wanted:
@@ -83,17 +106,17 @@ def build_corpus(root: Path, distinct: int = 300, seed: int = 7) -> CorpusInfo:
     by3_dir.mkdir(parents=True, exist_ok=True)
     sizes: list[int] = []
     for i in range(distinct):
-        long_side = rng.choice([500, 500, 500, 640, 800, 1024])  # iNat "medium" is 500 px
+        long_side = rng.choice(spec.long_sides)
         short_side = int(long_side * rng.choice([0.75, 0.75, 0.667, 1.0, 0.5625]))
         w, h = (long_side, short_side) if rng.random() < 0.7 else (short_side, long_side)
-        img = _photo(rng, w, h, grain=rng.uniform(4, 40))
+        img = _photo(rng, w, h, grain=rng.uniform(*spec.grain))
         path = img_dir / f"{i:04d}.jpg"
-        quality = rng.randint(78, 94)
+        quality = rng.randint(*spec.quality)
         img.save(path, "JPEG", quality=quality)
-        while path.stat().st_size > MAX_BYTES and quality > 50:
+        while path.stat().st_size > spec.max_bytes and quality > 50:
             quality -= 8
             img.save(path, "JPEG", quality=quality)
-        while path.stat().st_size < MIN_BYTES and quality < 98:
+        while path.stat().st_size < spec.min_bytes and quality < 98:
             quality += 3
             img.save(path, "JPEG", quality=quality)
         sizes.append(path.stat().st_size)

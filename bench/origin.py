@@ -1,12 +1,14 @@
-"""The loopback origin: one nginx (Debian package) with two servers on 127.0.0.1.
+"""The loopback origin: one nginx (Debian package) with its servers on loopback addresses.
 
 * profile 1, ``plain``: HTTP, files straight from the page cache with sendfile;
-* the transform profiles (only when a transform corpus is given): HTTP like profile 1, on a
-  third port, serving the larger photo-like JPEGs of ``bench/photos.py``;
+* more corpora over HTTP like profile 1, each on a port of its own (``extra``): the small-image
+  profile's, and the transform profiles' larger photo-like JPEGs of ``bench/photos.py``;
 * profile 2, ``tls``: HTTPS with a self-signed certificate (made with openssl) and a
   non-blocking 40 ms ``echo_sleep`` (libnginx-mod-http-echo) before ``echo_exec`` hands the
   request to the static file handler, so the delay comes before the first byte and the body,
-  Content-Length and keep-alive are those of a plain static file.
+  Content-Length and keep-alive are those of a plain static file;
+* profile 4, ``hosts`` (only when ``hosts`` is given): profile 2's server on port 443 of many
+  loopback addresses, with a wildcard certificate (``bench/many_hosts.py``).
 
 nginx runs as a non-daemon child of the harness with its own prefix, pid and log files under
 the work folder; :meth:`Origin.stop` (also called from ``__exit__``) ends it.
@@ -23,7 +25,7 @@ import socket
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
@@ -60,9 +62,9 @@ http {{
         location ~ "{photo_re}" {{ alias {corpus}/by3/$1.jpg; }}
         location / {{ return 404; }}
     }}
-{tls_server}{transform_server}{hosts_server}}}
+{tls_server}{extra_servers}{hosts_server}}}
 """
-TRANSFORM_SERVER = """
+EXTRA_SERVER = """
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         root {corpus};
@@ -124,14 +126,14 @@ class Origin:
     corpus: Path
     delay_s: float = 0.040
     workers: int = 2
-    transform_corpus: Path | None = None
-    """The transform profiles' corpus, served over HTTP on a third port (None: no server)."""
+    extra: dict[str, Path] = field(default_factory=dict)
+    """More corpora by name ("small", "transform"), each served over HTTP on its own port."""
     hosts: tuple[list[str], Path, Path] | None = None
     """The many-host profile: (addresses, wildcard certificate, key); HTTPS on port 443 of
     every address, with the TLS server's delay (None: no server)."""
     http_port: int = 0
     https_port: int = 0
-    transform_port: int = 0
+    extra_ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
     @property
@@ -142,9 +144,9 @@ class Origin:
     def https_base(self) -> str:
         return f"https://127.0.0.1:{self.https_port}"
 
-    @property
-    def transform_base(self) -> str:
-        return f"http://127.0.0.1:{self.transform_port}"
+    def base(self, name: str) -> str:
+        """The base URL of the server of the extra corpus ``name``."""
+        return f"http://127.0.0.1:{self.extra_ports[name]}"
 
     @property
     def cert(self) -> Path:
@@ -157,14 +159,11 @@ class Origin:
         last_err = ""
         for _ in range(attempts):  # a free port can be taken between probe and bind: retry
             self.http_port, self.https_port = free_port(), free_port()
-            transform_server = ""
-            if self.transform_corpus is not None:
-                self.transform_port = free_port()
-                transform_server = TRANSFORM_SERVER.format(
-                    port=self.transform_port,
-                    corpus=self.transform_corpus.resolve(),
-                    photo_re=PHOTO_RE,
-                )
+            self.extra_ports = {name: free_port() for name in self.extra}
+            extra_servers = "".join(
+                EXTRA_SERVER.format(port=port, corpus=self.extra[name].resolve(), photo_re=PHOTO_RE)
+                for name, port in self.extra_ports.items()
+            )
             tls_server = self._tls_server(
                 [f"127.0.0.1:{self.https_port} ssl backlog=4096"], cert, key
             )
@@ -183,7 +182,7 @@ class Origin:
                     http_port=self.http_port,
                     photo_re=PHOTO_RE,
                     tls_server=tls_server,
-                    transform_server=transform_server,
+                    extra_servers=extra_servers,
                     hosts_server=hosts_server,
                 )
             )
@@ -226,9 +225,7 @@ class Origin:
             if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
-                for port in (self.http_port, self.https_port, self.transform_port):
-                    if not port:
-                        continue
+                for port in (self.http_port, self.https_port, *self.extra_ports.values()):
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 for address in self.hosts[0] if self.hosts else ():
                     socket.create_connection((address, 443), timeout=1).close()
@@ -275,25 +272,25 @@ class Origin:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def verify(self, paths: list[str], corpus_file, transform_file=None) -> dict:
+    def verify(self, paths: list[str], corpus_file, extra_files: dict | None = None) -> dict:
         """Fetch ``paths`` from every server over one keep-alive connection each and check:
         status, Content-Type, Content-Length, body == the corpus file (SHA-256; ``corpus_file``,
-        or ``transform_file`` for the transform server), the connection was reused, and only
+        or ``extra_files[name]`` for an extra server), the connection was reused, and only
         the TLS server waits ``delay_s`` before the first byte of every response (reused
         connection included). Returns the first-byte times; raises otherwise."""
         ctx = ssl.create_default_context(cafile=str(self.cert))
+        extra_files = extra_files or {}
         ttfb: dict[str, list[float]] = {"plain": [], "tls": []}
-        if self.transform_port and transform_file is not None:
-            ttfb["transform"] = []
+        ttfb.update({name: [] for name in extra_files})
         for name in ttfb:
             if name == "tls":
                 conn = http.client.HTTPSConnection(
                     "127.0.0.1", self.https_port, timeout=10, context=ctx
                 )
             else:
-                port = self.transform_port if name == "transform" else self.http_port
+                port = self.extra_ports.get(name, self.http_port)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            expected = transform_file if name == "transform" else corpus_file
+            expected = extra_files.get(name, corpus_file)
             conn.connect()  # the TLS handshake is not part of the first-byte times
             sock = conn.sock
             try:

@@ -1,9 +1,10 @@
 """ldawt's benchmark: ldawt vs img2dataset 1.47 vs a bare aiohttp client, side by side,
-against a loopback nginx origin, in two download profiles (plain HTTP; HTTPS + 40 ms first
-byte) and, on request, two transform profiles (resize to border 256 / keep_ratio 512 from
-1024-2048 px photo-like JPEGs) and the many-host profile (2,000 names behind a real DNS server).
+against a loopback nginx origin, in three download profiles (plain HTTP; plain HTTP with small
+images; HTTPS + 40 ms first byte) and, on request, two transform profiles (resize to border
+256 / keep_ratio 512 from 1024-2048 px photo-like JPEGs) and the many-host profile (2,000 names
+behind a real DNS server).
 
-    python3 bench/run.py                 # 20,000 rows, everything but the transform profiles
+    python3 bench/run.py                 # 20,000 rows, profiles plain, small and tls
     python3 bench/run.py --rows 5000 --only bare,ldawt --profiles plain
     python3 bench/run.py --profiles plain,transform --ldawt-rev worktree --ldawt-baseline-rev HEAD
     python3 bench/run.py --profiles hosts --ldawt-extra-row ""
@@ -35,7 +36,7 @@ REPO = BENCH_DIR.parent
 DEFAULT_WORK = BENCH_DIR / ".work"
 DEFAULT_SOURCE = REPO / ".." / "shared" / "data" / "inat_subset_45k.parquet"
 CLIENTS = ("bare", "img2dataset", "ldawt")
-DOWNLOAD_PROFILES = ("plain", "tls", "hosts")
+DOWNLOAD_PROFILES = ("plain", "small", "tls", "hosts")
 TRANSFORM_PROFILES = transform_check.PROFILES
 """Transform profile -> (resize mode, image size), for img2dataset and ldawt alike."""
 PROFILE_GROUPS = {"transform": tuple(TRANSFORM_PROFILES)}
@@ -77,9 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--profiles",
-        default="plain,tls",
-        help="comma-separated: plain, tls, hosts (2,000 names behind unbound), border256, "
-        "keep_ratio512, or transform (= both transform profiles); default plain,tls",
+        default="plain,small,tls",
+        help="comma-separated: plain, small, tls, hosts (2,000 names behind unbound), "
+        "border256, keep_ratio512, or transform (= both transform profiles); default "
+        "plain,small,tls",
     )
     ap.add_argument("--only", default=",".join(CLIENTS), help="clients: bare,img2dataset,ldawt")
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the real URL list")
@@ -379,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": _machine(), "corpus": info.summary(), "load_start": _load()}
     log(f"machine: {meta['machine']}; load average {meta['load_start']}")
     log(f"corpus: {meta['corpus']}")
+    extra: dict[str, Path] = {}  # the origin's other HTTP servers: name -> corpus root
+    if "small" in args.profile_list:
+        small = corpus.build_corpus(args.work / "corpus-small", args.distinct, spec=corpus.SMALL)
+        meta["small_corpus"] = small.summary()
+        log(f"small-image corpus: {meta['small_corpus']}")
+        extra["small"] = small.root
     transform_info = source_of = None
     if any(p in TRANSFORM_PROFILES for p in args.profile_list):
         transform_info = corpus.build_transform_corpus(
@@ -390,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["transform_corpus"] = transform_info.summary()
         log(f"transform corpus: {meta['transform_corpus']}")
         source_of = transform_check.source_finder(transform_info.root)
+        extra["transform"] = transform_info.root
     out_root = (args.out_root or args.work / "out").resolve()
     args.hosts_ca = hosts = dns = None
     if "hosts" in args.profile_list:
@@ -402,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         info.root,
         args.delay_ms / 1000,
         args.nginx_workers,
-        transform_corpus=transform_info.root if transform_info else None,
+        extra=extra,
         hosts=hosts,
     )
     code = 0
@@ -417,12 +426,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{dns.slow_delay_s * 1e3:.0f} ms"
             )
         log(f"nginx: {origin.http_base} (plain), {origin.https_base} (TLS, {args.delay_ms} ms)")
-        if transform_info:
-            log(f"nginx: {origin.transform_base} (transform profiles' corpus, plain)")
-        lists = corpus.write_url_lists(
-            args.source, args.rows, args.work / "lists",
-            {"plain": origin.http_base, "tls": origin.https_base},
-        )  # fmt: skip
+        for name in extra:
+            log(f"nginx: {origin.base(name)} ({name} corpus, plain)")
+        bases = {"plain": origin.http_base, "tls": origin.https_base}
+        if "small" in extra:
+            bases["small"] = origin.base("small")
+        lists = corpus.write_url_lists(args.source, args.rows, args.work / "lists", bases)
         if args.ca_bundle_rows:
             lists["tls_capped"] = corpus.write_url_lists(
                 args.source, args.ca_bundle_rows, args.work / "lists",
@@ -435,12 +444,10 @@ def main(argv: list[str] | None = None) -> int:
             lists.update(
                 corpus.write_url_lists(
                     args.source, args.transform_rows, args.work / "lists",
-                    {"transform": origin.transform_base},
+                    {"transform": origin.base("transform")},
                 )
             )  # fmt: skip
-        meta["origin"] = _verify_origin(
-            origin, lists["plain_txt"], info.root, transform_info.root if transform_info else None
-        )
+        meta["origin"] = _verify_origin(origin, lists["plain_txt"], info.root, extra)
         log(f"origin verified: {meta['origin']}")
         jobs = build_jobs(args, origin, lists, out_root, meta, source_of)
         for job in jobs:
@@ -509,30 +516,26 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _verify_origin(
-    origin, urls_txt: Path, corpus_root: Path, transform_root: Path | None = None
-) -> str:
+def _verify_origin(origin, urls_txt: Path, corpus_root: Path, extra: dict[str, Path]) -> str:
     """Check a spread of paths on every server (see Origin.verify); a one-line summary."""
     import corpus
 
     urls = urls_txt.read_text().split()
     step = max(1, len(urls) // 12)
     paths = ["/" + u.split("/", 3)[3] for u in urls[::step][:12]]
-    transform_file = None
-    if transform_root is not None:
-        transform_file = lambda p: corpus.corpus_file_for_path(transform_root, p)  # noqa: E731
-    ttfb = origin.verify(
-        paths, lambda p: corpus.corpus_file_for_path(corpus_root, p), transform_file
-    )
+
+    def file_in(root: Path):
+        return lambda p: corpus.corpus_file_for_path(root, p)
+
+    extra_files = {name: file_in(root) for name, root in extra.items()}
+    ttfb = origin.verify(paths, file_in(corpus_root), extra_files)
     mid = len(paths) // 2
-    transform = ""
-    if "transform" in ttfb:
-        transform = f", transform server median {ttfb['transform'][mid] * 1e3:.2f} ms"
+    others = "".join(f", {name} server median {ttfb[name][mid] * 1e3:.2f} ms" for name in extra)
     return (
         f"{len(paths)} paths on one keep-alive connection per server, bodies equal the corpus "
         f"JPEGs; first byte "
         f"plain median {ttfb['plain'][mid] * 1e3:.2f} ms, TLS {min(ttfb['tls']) * 1e3:.1f}-"
-        f"{max(ttfb['tls']) * 1e3:.1f} ms (median {ttfb['tls'][mid] * 1e3:.1f} ms){transform}"
+        f"{max(ttfb['tls']) * 1e3:.1f} ms (median {ttfb['tls'][mid] * 1e3:.1f} ms){others}"
     )
 
 
@@ -546,6 +549,7 @@ def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed
         f"machine: {meta['machine']}",
         f"load average (1/5/15 min): start {meta['load_start']}, end {meta.get('load_end')}",
         f"corpus: {meta['corpus']}",
+        *([f"small-image corpus: {meta['small_corpus']}"] if "small_corpus" in meta else []),
         *([f"transform corpus: {meta['transform_corpus']}"] if "transform_corpus" in meta else []),
         f"origin: nginx, {args.nginx_workers} workers; {meta.get('origin', 'not verified')}",
         f"ldawt: {meta.get('ldawt', 'not run')}",
@@ -562,7 +566,8 @@ def _print_and_save(args: argparse.Namespace, results: list, meta: dict, elapsed
     print(report.render_text(results))
     title = (
         "targets (issue 2; issue 11 for the transform profiles and the baseline comparison; "
-        "issue 12 for the many-host profile)"
+        "issue 12 for the many-host profile; issue 14 for the small-image profile and the bare "
+        "client)"
     )
     if lines:
         print(f"\n== {title}\n" + "\n".join(lines))

@@ -12,6 +12,7 @@ context); ``watch_workspace`` makes every scrape report the shard file system's 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import os
@@ -182,15 +183,15 @@ OTHER_HOST = "other"
 # Series exist (at 0) from the first scrape, so rate() and increase() see the first increments.
 for _outcome in ("done", "failed"):
     SHARDS_FINISHED.labels(_outcome)
-for _kind in ("new", "reused"):
-    CONNECTIONS.labels(_kind)
+NEW_CONNECTIONS = CONNECTIONS.labels("new")
+REUSED_CONNECTIONS = CONNECTIONS.labels("reused")
 for _class in ("1xx", "2xx", "3xx", "4xx", "5xx"):
     HTTP_RESPONSES.labels(_class)
 
 
 def _preinitialize_statuses() -> None:
     for status in ALL_STATUSES:
-        IMAGES.labels(status)
+        image_series(status)
 
 
 class BoundedHostLabels:
@@ -228,11 +229,25 @@ def mark_library_start() -> None:
 
 def observe_response(host: str, status: int) -> None:
     """Count one HTTP response; ``host`` must already be a label from a ``BoundedHostLabels``."""
+    for series in _response_series(host, status):
+        series.inc()
+
+
+@functools.cache
+def _response_series(host: str, status: int) -> tuple[Counter, ...]:
+    """The series one response counts in. ``labels()`` costs microseconds, so they are looked up
+    once per host label and status; both sets are bounded (``BoundedHostLabels``, HTTP codes)."""
     cls = code_class(status)
-    HTTP_RESPONSES.labels(cls).inc()
-    HOST_RESPONSES.labels(host, cls).inc()
+    series = [HTTP_RESPONSES.labels(cls), HOST_RESPONSES.labels(host, cls)]
     if status == 429:
-        HOST_THROTTLED.labels(host).inc()
+        series.append(HOST_THROTTLED.labels(host))
+    return tuple(series)
+
+
+@functools.cache
+def image_series(status: str) -> Counter:
+    """``IMAGES``'s series of one row status (a closed set), looked up once."""
+    return IMAGES.labels(status)
 
 
 def watch_workspace(path: str | os.PathLike[str]) -> None:

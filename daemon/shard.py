@@ -95,7 +95,7 @@ class _Tally:
         status = outcome["status"]
         self.counts[status] = self.counts.get(status, 0) + 1
         self.bytes += outcome.get("bytes") or 0
-        metrics.IMAGES.labels(status).inc()
+        metrics.image_series(status).inc()
         if download is not None:
             self.connections_new += download.connections_new
             self.connections_reused += download.connections_reused

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from ldawt.daemon.contract import ALL_STATUSES, status_for_http
-from ldawt.daemon.fetcher.guard import address_refusal
+from ldawt.daemon.fetcher.guard import address_refusal, host_refusal
 from ldawt.daemon.fetcher.retry import backoff_delay, parse_retry_after
 from ldawt.daemon.fetcher.sniff import image_extension
 
@@ -69,6 +69,27 @@ def test_sniffing(head: bytes, ext: str | None) -> None:
 )
 def test_address_guard(address: str, allow_private: bool, refused: bool) -> None:
     assert (address_refusal(ipaddress.ip_address(address), allow_private) is not None) == refused
+
+
+@pytest.mark.parametrize(
+    ("host", "allow_private", "refused"),
+    [
+        ("169.254.169.254", True, True),
+        ("[fe80::1]", True, True),
+        ("[::1]", False, True),
+        ("127.0.0.1", False, True),
+        ("127.0.0.1", True, False),
+        ("images.example.org", False, False),
+        ("10.0.0.1.example.org", False, False),
+    ],
+)
+def test_url_hosts_are_refused_as_their_literal_address(
+    host: str, allow_private: bool, refused: bool
+) -> None:
+    """The cached check of a URL's host: IP literals by their range, host names left to the
+    resolver's guard; the same answer when asked again (from the cache)."""
+    for _ in range(2):
+        assert (host_refusal(host, allow_private) is not None) == refused
 
 
 def test_http_codes_stay_in_the_closed_taxonomy() -> None:

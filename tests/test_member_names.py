@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ldawt.daemon.packer import names
 from ldawt.daemon.packer.names import MAX_COMPONENT_BYTES, MemberNamer, safe_component
-from ldawt.daemon.packer.tarwriter import TarWriter
+from ldawt.daemon.packer.tarwriter import HeaderTemplate, TarWriter
 
 HOSTILE = [
     "../../etc",
@@ -92,6 +93,13 @@ def test_safe_component_is_one_bounded_printable_component(text: str) -> None:
     assert name == unicodedata.normalize("NFC", name)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=260), st.booleans())
+def test_plain_ascii_names_take_the_short_path_to_the_same_name(text: str, dots: bool) -> None:
+    """The shortcut for printable ASCII names gives what the full cleaning gives."""
+    assert safe_component(text, keep_dots=dots) == names._cleaned(text, dots)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.text(max_size=60), st.text(max_size=60)), min_size=1, max_size=20))
 def test_any_names_make_a_safe_tar(tmp_path_factory, pairs: list[tuple[str, str]]) -> None:
@@ -127,3 +135,14 @@ def test_every_member_is_handed_back_after_a_write_failure(tmp_path: Path) -> No
         writer.commit()
     assert [name for name, _ in handed_back] == ["a.jpg", "bad.jpg", "c.jpg"]
     assert handed_back[0][1] is not None and handed_back[1][1] is None and handed_back[2][1] is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120), st.sampled_from([0, 1, 511, 512, 113_000, 8**11 - 1, 8**11]))
+def test_member_headers_are_tarfiles_own(name: str, size: int) -> None:
+    """The header template writes exactly what ``TarInfo.tobuf`` writes (PAX format), for
+    short ASCII names (the template) and every other name or size (tarfile itself)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 1_764_500_000, 0o644
+    want = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    assert HeaderTemplate(1_764_500_000).header(name, size) == want

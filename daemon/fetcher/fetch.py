@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from ..contract import Status, status_for_http
 from . import errors
 from .budget import ByteBudget
 from .errors import FetchFailure
-from .guard import address_refusal, literal_address
+from .guard import host_refusal
 from .options import AGENT_TOKEN, FetchOptions
 from .optout import ROBOTS_MAX_BYTES, RobotsCache, RobotsRules, is_opted_out, robots_url
 from .politeness import HostLimiter
@@ -135,9 +136,7 @@ class Fetcher:
                 metrics.REQUEST_DURATION.observe(time.monotonic() - started)
 
     async def _follow(self, url: URL, options: FetchOptions, download: Download) -> None:
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=options.connect_timeout, sock_read=options.read_timeout
-        )
+        timeout = _client_timeout(options.connect_timeout, options.read_timeout)
         seen = {url}
         for _ in range(options.max_redirects + 1):
             self._check_literal_address(url, options)
@@ -206,9 +205,7 @@ class Fetcher:
             )
 
     async def _read_robots(self, target: URL, options: FetchOptions) -> RobotsRules:
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=options.connect_timeout, sock_read=options.read_timeout
-        )
+        timeout = _client_timeout(options.connect_timeout, options.read_timeout)
         for _ in range(ROBOTS_REDIRECTS + 1):
             self._check_literal_address(target, options)
             CURRENT_USE.set(UNCOUNTED)
@@ -234,11 +231,9 @@ class Fetcher:
         return RobotsRules(None)  # RFC 9309: too many redirects count as no robots.txt
 
     def _check_literal_address(self, url: URL, options: FetchOptions) -> None:
-        address = literal_address(url.host or "")
-        if address is not None:
-            refusal = address_refusal(address, options.allow_private)
-            if refusal:
-                raise FetchFailure(Status.BLOCKED_ADDRESS, refusal)
+        refusal = host_refusal(url.host or "", options.allow_private)
+        if refusal:
+            raise FetchFailure(Status.BLOCKED_ADDRESS, refusal)
 
     async def _read_image(
         self, response: aiohttp.ClientResponse, options: FetchOptions, download: Download
@@ -286,12 +281,18 @@ class Fetcher:
         download.extension = extension
 
 
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    """One timeout object per setting, not one per request."""
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)
+
+
 def _count_connection(use: ConnectionUse, download: Download) -> None:
     if use.new:
         download.connections_new += use.new
     else:
         download.connections_reused += 1
-        metrics.CONNECTIONS.labels("reused").inc()
+        metrics.REUSED_CONNECTIONS.inc()
 
 
 def _retryable(failure: FetchFailure) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 
@@ -36,6 +37,15 @@ def literal_address(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def host_refusal(host: str, allow_private: bool) -> str | None:
+    """Why a URL's ``host`` may not be fetched from when it is a forbidden IP literal; None
+    for host names (the resolver checks those) and allowed addresses. Cached per host: parsing
+    raises for every host name, and the range checks of an address take microseconds."""
+    address = literal_address(host)
+    return None if address is None else address_refusal(address, allow_private)
 
 
 class GuardedResolver(AbstractResolver):

@@ -70,7 +70,7 @@ class CountingConnector(aiohttp.TCPConnector):
         use = CURRENT_USE.get()
         if use is UNCOUNTED:
             return protocol
-        metrics.CONNECTIONS.labels("new").inc()
+        metrics.NEW_CONNECTIONS.inc()
         if use is not None:
             use.new += 1
         return protocol

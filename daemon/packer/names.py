@@ -16,7 +16,26 @@ def safe_component(text: object, *, keep_dots: bool = True) -> str:
     """One path component made from arbitrary text: NFC-normalised, with separators, control
     and unassigned characters replaced, never empty, ``.`` or ``..``, at most
     ``MAX_COMPONENT_BYTES`` UTF-8 bytes (a long name keeps a hash of the whole as its tail)."""
-    original = unicodedata.normalize("NFC", "" if text is None else str(text))
+    value = "" if text is None else str(text)
+    if _plain_ascii(value):  # most names: nothing to normalise or replace
+        cleaned = (value if keep_dots else value.replace(".", "_")).strip(" .")
+        return cleaned or "_"
+    return _cleaned(value, keep_dots)
+
+
+def _plain_ascii(text: str) -> bool:
+    """Printable ASCII without separators, short enough: ``_cleaned`` would only strip it."""
+    return (
+        text.isascii()
+        and text.isprintable()
+        and "/" not in text
+        and "\\" not in text
+        and len(text) <= MAX_COMPONENT_BYTES
+    )
+
+
+def _cleaned(text: str, keep_dots: bool) -> str:
+    original = unicodedata.normalize("NFC", text)
     replace_dots = not keep_dots
     cleaned = "".join(
         "_" if _is_unsafe(ch) or (replace_dots and ch == ".") else ch for ch in original
