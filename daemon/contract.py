@@ -246,6 +246,31 @@ LAYOUTS = ("class", "webdataset")
 
 
 @dataclass(frozen=True)
+class HostShare:
+    """A shard's share of one host's job-wide limits. The manager numbers the host's
+    ``capacity`` units (``--per-host``, or fewer when the host has fewer rows) 0..capacity-1 and
+    gives each running shard its own ``units``: one request in flight each. With ``host_rps``,
+    the host's schedule is the wall-clock instants ``k / host_rps`` (``time.time()``, so workers
+    on other machines agree up to their clocks' skew); instant ``k`` belongs to unit
+    ``k % capacity``, and a shard sends a request only on the instants of its units. As the
+    units of the running shards are disjoint, the host never gets more than ``host_rps``."""
+
+    units: tuple[int, ...]
+    capacity: int
+    host_rps: float | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HostShare:
+        fields = known_fields(cls, values, "host share field")
+        rate = fields.get("host_rps")
+        return cls(
+            units=tuple(int(unit) for unit in fields["units"]),
+            capacity=int(fields["capacity"]),
+            host_rps=None if rate is None else float(rate),
+        )
+
+
+@dataclass(frozen=True)
 class ShardSpec:
     """One shard's work: what to read, where to write, and how."""
 
@@ -272,10 +297,12 @@ class ShardSpec:
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options of a URL ``output_dir`` (endpoint, credentials, block size); empty: the
     client's standard places (``AWS_*`` variables, profiles)."""
-    host_shares: dict[str, tuple[int, float | None]] = field(default_factory=dict)
-    """This shard's share of the job-wide per-host limits, host -> (requests in flight, requests
-    per second or None), given by the manager (``ldawt.manager.hostcaps``) for the hosts whose
-    rows could break a limit; hosts not named are held by the process's own limits only."""
+    host_shares: dict[str, HostShare] = field(default_factory=dict)
+    """This shard's share of the job-wide per-host limits, by host as yarl's ``URL.raw_host``
+    spells it (IDNA, IPv6 without brackets, lower case), given by the manager
+    (``ldawt.manager.hostcaps``) for the hosts whose rows could break a limit; hosts not named
+    are held by the process's own limits only. In JSON: ``{host: {"units": [...], "capacity":
+    C, "host_rps": r or null}}``."""
 
     @property
     def files(self) -> ShardFiles:
@@ -300,8 +327,8 @@ class ShardSpec:
         fields["passthrough"] = tuple(fields.get("passthrough") or ())
         fields["storage_options"] = dict(fields.get("storage_options") or {})
         fields["host_shares"] = {
-            str(host): (int(slots), None if rate is None else float(rate))
-            for host, (slots, rate) in (fields.get("host_shares") or {}).items()
+            str(host): HostShare.from_dict(share)
+            for host, share in (fields.get("host_shares") or {}).items()
         }
         return cls(**fields)
 

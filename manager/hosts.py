@@ -19,9 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from yarl import URL
 
-from ldawt.daemon.contract import write_atomically
+from ldawt.daemon.contract import describe_exception, write_atomically
 
+from .errors import InputError
 from .spill import Spill
 
 _AUTHORITY = r"^(?i:https?)://(?P<authority>[^/?#]*)"
@@ -35,15 +37,40 @@ GROUP_ROWS = 65_536
 
 
 def hosts_of(urls: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """The host of each http(s) URL, lower case without user or port; null where there is
-    none (the row would be ``bad_url``). Two simple patterns and a rarely needed third are
-    several times faster than one that does it all."""
+    """The host of each http(s) URL as the daemon names it (yarl's ``URL.raw_host``: lower
+    case, IDNA for a non-ASCII name, an IPv6 address without brackets), without user or port;
+    null where there is none (the row would be ``bad_url``). Two simple patterns and a rarely
+    needed third are several times faster than one that does it all; the rare non-ASCII and
+    IPv6 hosts go through yarl once per distinct value."""
     trimmed = pc.utf8_trim_whitespace(urls.cast(pa.string()))
     authority = pc.struct_field(pc.extract_regex(trimmed, _AUTHORITY), [0])
     if pc.any(pc.match_substring(authority, "@")).as_py():
         authority = pc.replace_substring_regex(authority, r"^[^@]*@", "")
     host = pc.utf8_lower(pc.replace_substring_regex(authority, r":[0-9]*$", ""))
-    return pc.if_else(pc.equal(host, ""), pa.scalar(None, pa.string()), host)
+    host = pc.if_else(pc.equal(host, ""), pa.scalar(None, pa.string()), host)
+    unusual = pc.or_(pc.invert(pc.string_is_ascii(host)), pc.starts_with(host, "["))
+    if pc.any(unusual).as_py():
+        host = pc.if_else(unusual, _raw_hosts(host), host)
+    return host
+
+
+def _raw_hosts(hosts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """yarl's spelling of each host; null where yarl refuses it (the URL is then bad)."""
+    if isinstance(hosts, pa.ChunkedArray):
+        hosts = hosts.combine_chunks()
+    encoded = pc.dictionary_encode(hosts)
+    return pc.take(
+        pa.array([_raw_host(host) for host in encoded.dictionary.to_pylist()], pa.string()),
+        encoded.indices,
+    )
+
+
+def _raw_host(host: str) -> str | None:
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return URL.build(scheme="http", host=bare).raw_host
+    except (ValueError, UnicodeError):
+        return None
 
 
 def host_hashes(hosts: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -111,15 +138,29 @@ class HostCounter:
 def read_counts(
     folder: Path, shard_ids: set[str], above: int
 ) -> tuple[dict[str, dict[str, int]], set[str]]:
-    """From the count files in ``folder``: the rows of each host with more than ``above`` rows
-    in its planning, by shard, for ``shard_ids``; and which of ``shard_ids`` the files cover."""
-    rows: dict[str, dict[str, int]] = {}
+    """From the count files in ``folder``: the rows by shard, for ``shard_ids``, of every host
+    that may hold more than ``above`` rows among them (a superset: the caller sums and filters);
+    and which of ``shard_ids`` the files cover. A host may be split over several files (a
+    planning and its retry rounds, or shards counted later): a host with more than ``above``
+    rows over ``n`` files has more than ``above // n`` in one of them, so those are found first
+    by the files' statistics, then their rows read from every file."""
     covered: set[str] = set()
-    wanted = pa.array(sorted(shard_ids), pa.string())
+    paths = []
     for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else ():
-        metadata = pq.read_schema(path).metadata or {}
-        covered.update(set(json.loads(metadata.get(_SHARDS_KEY, b"[]"))) & shard_ids)
-        table = pq.read_table(path, filters=[("host_rows", ">", above)])
+        held = set(json.loads(_read_schema(path).metadata.get(_SHARDS_KEY, b"[]"))) & shard_ids
+        if held:
+            covered |= held
+            paths.append(path)
+    candidates: set[str] = set()
+    for path in paths:
+        found = _read(path, ["host"], [("host_rows", ">", above // len(paths))])
+        candidates.update(found["host"].to_pylist())
+    rows: dict[str, dict[str, int]] = {}
+    if not candidates:
+        return rows, covered
+    wanted = pa.array(sorted(shard_ids), pa.string())
+    for path in paths:
+        table = _read(path, None, [("host", "in", sorted(candidates))])
         table = table.filter(pc.is_in(table["shard"], value_set=wanted))
         for shard, host, count in zip(
             table["shard"].to_pylist(),
@@ -129,3 +170,27 @@ def read_counts(
         ):
             rows.setdefault(shard, {})[host] = count
     return rows, covered
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(path, exc) from exc
+    if schema.metadata is None or _SHARDS_KEY not in schema.metadata:
+        raise InputError(f"host counts {path} are not ldawt's (no list of shards); delete it")
+    return schema
+
+
+def _read(path: Path, columns: list[str] | None, filters: list) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns, filters=filters)
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    return InputError(
+        f"cannot read the host counts {path} ({' '.join(describe_exception(exc).split())}); "
+        "delete it to count the hosts again"
+    )

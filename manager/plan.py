@@ -18,7 +18,8 @@ options always give the same shards.
 
 With ``group_by_host`` the partitions are ranges of a CRC-32 of the host, and positions are
 renumbered partition after partition, host by host in hash order, so that the result does not
-depend on the partitioning either.
+depend on the partitioning either. All rows of a host fall in one partition, so a host of more
+rows than a partition holds is read whole: memory then follows the largest host.
 
 The rows each shard holds of each host go to a host counts file (``hosts.HostCounter``), which
 the manager's job-wide per-host limits read.

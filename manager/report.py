@@ -22,6 +22,7 @@ from ldawt.daemon.contract import SUCCESSES, Status, ThrottledHost, ThrottleLog
 from ldawt.daemon.storage import readable
 
 from .console import format_duration
+from .hosts import hosts_of
 from .job import Job, JobRun
 from .ledger import DONE, RUNNING, Ledger, ShardRecord
 from .manifests import latest_outcomes
@@ -34,7 +35,6 @@ THROUGHPUT_BUCKETS = 24
 NICE_WIDTHS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200)
 DAY_S = 86400
 RESUME_HINT = "rerun the same submit command to resume"
-_HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]+)"
 NO_HOST = "(no host)"
 IMAGE_CHECKS = {
     Status.TOO_SMALL: "shorter side below --min-image-size",
@@ -138,11 +138,6 @@ def _status_lines(figures: dict[str, Any]) -> list[str]:
     ]
 
 
-def _hosts(urls: pa.ChunkedArray) -> pa.Array:
-    found = pc.extract_regex(pc.fill_null(urls, ""), _HOST_PATTERN)
-    return pc.fill_null(pc.struct_field(found, "host"), NO_HOST)
-
-
 def report(run: JobRun) -> dict[str, Any]:
     job, ledger = run.job, run.ledger
     by_status: Counter[str] = Counter()
@@ -150,7 +145,7 @@ def report(run: JobRun) -> dict[str, Any]:
     class_status: dict[str, Counter[str]] = defaultdict(Counter)
     host_ms: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for table in latest_outcomes(run, ["url", "class", "status", "elapsed_ms"]):
-        table = table.append_column("host", _hosts(table.column("url")))
+        table = table.append_column("host", pc.fill_null(hosts_of(table.column("url")), NO_HOST))
         for item in table.group_by(["host", "status"]).aggregate([("row", "count")]).to_pylist():
             host_status[item["host"]][item["status"]] += item["row_count"]
             by_status[item["status"]] += item["row_count"]

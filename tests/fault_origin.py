@@ -56,13 +56,7 @@ class FaultOrigin:
 
     def max_in_window(self, seconds: float = 1.0) -> int:
         """The most requests (any path) that arrived within ``seconds`` of one another."""
-        times = sorted(t for arrivals in self.arrivals.values() for t in arrivals)
-        most, first = 0, 0
-        for last, arrived in enumerate(times):
-            while arrived - times[first] >= seconds:
-                first += 1
-            most = max(most, last - first + 1)
-        return most
+        return most_in_window([t for arrivals in self.arrivals.values() for t in arrivals], seconds)
 
     @staticmethod
     def body(name: str, size: int = 30_000) -> bytes:
@@ -195,6 +189,17 @@ class FaultOrigin:
             await asyncio.sleep(0.05)
             return web.Response()
         raise web.HTTPNotFound()
+
+
+def most_in_window(times: list[float], seconds: float) -> int:
+    """The most of ``times`` within ``seconds`` of one another."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, when in enumerate(times):
+        while when - times[first] >= seconds:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 def _hang_up(request: web.Request, reset: bool) -> None:

@@ -105,8 +105,8 @@ class Fetcher:
                 download.attempts = attempt + 1
                 download.http_status = None
                 try:
-                    async with shares.slot(url.host or ""):
-                        await self._attempt(url, options, download)
+                    async with shares.slot(url.raw_host or ""):
+                        await self._attempt(url, options, download, shares)
                     download.status = Status.OK
                     return download
                 except Exception as exc:  # every failure becomes a row status
@@ -124,8 +124,12 @@ class Fetcher:
             download.elapsed_ms = (time.monotonic() - started) * 1000.0
         return download
 
-    async def _attempt(self, url: URL, options: FetchOptions, download: Download) -> None:
+    async def _attempt(
+        self, url: URL, options: FetchOptions, download: Download, shares: ShardShares
+    ) -> None:
         async with self._hosts.slot(url.host or ""), self._slots:
+            # Paced last: requests held back by the process's limits leave one instant apart.
+            await shares.pace(url.raw_host or "")
             metrics.IN_FLIGHT.inc()
             started = time.monotonic()
             try:

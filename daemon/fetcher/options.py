@@ -21,13 +21,17 @@ class FetchOptions:
     concurrency: int = 256
     """Requests in flight per daemon process (all shards together)."""
     per_host: int = 128
-    """Requests in flight per host, for the whole job: the manager gives each running shard a
-    share (``ShardSpec.host_shares``), and each process also holds itself to it. Large URL
-    lists mostly live on a few object-store hosts that take many parallel requests; lower it
-    for small origins."""
+    """Requests in flight per host, for the whole job: the manager gives each running shard
+    some of a large host's units (``ShardSpec.host_shares``), and each process also holds
+    itself to it. 128 across the fleet suits the object-store hosts that serve most of a large
+    URL list, which take many parallel requests; it also caps how many shards of one host run
+    at once (one unit each): lower it for small origins, with ``--group-by-host`` when a host's
+    rows spread over many shards."""
     host_rps: float | None = None
-    """Optional requests/second per host, for the whole job like ``per_host`` (each process
-    also holds itself to it with a token bucket, burst of one second)."""
+    """Optional requests/second per host, for the whole job like ``per_host``: the running
+    shards send on the instants of the host's common wall-clock schedule that their units own
+    (``contract.HostShare``); each process also holds itself to it with a token bucket, burst
+    of one second."""
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     """Longest stall between two reads of one response."""

@@ -77,9 +77,13 @@ class LocalEngine:
                     _start(executor, waiting, pending, shares, workers)
                     done, _ = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
                     _drain(progress_queue, progress)
-                    for future in done:
-                        spec = pending.pop(future)
+                    finished = [(future, pending.pop(future)) for future in done]
+                    for _, spec in finished:
                         shares.release(spec.shard_id)
+                    # The freed workers start their next shards before the caller records
+                    # these results (it may take a while): no worker waits on the manager.
+                    _start(executor, waiting, pending, shares, workers)
+                    for future, spec in finished:
                         yield _result_of(future, spec, started)
                 _drain(progress_queue, progress)
             finally:
