@@ -261,7 +261,8 @@ def _add_fetch_options(parser: argparse.ArgumentParser, of_latest_run: bool = Fa
         default=DEFAULTS.per_host,
         help="requests in flight per host, for the whole job: all workers of every engine "
         "together; a host answering 429/503 without Retry-After or timing out repeatedly gets "
-        "half as many in that worker process, regained as it answers (default: %(default)s)",
+        "half of what it had in flight in that worker process, a Retry-After pauses the host "
+        "there; both recover as it answers (default: %(default)s)",
     )
     fetch.add_argument(
         "--host-rps",

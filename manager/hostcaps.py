@@ -21,9 +21,9 @@ gives the units back when the shard's run ends. The units of the running shards 
 so their in-flight caps never add up to more than ``per_host``, and no instant of a host's
 schedule is anyone's but one shard's: together they send at most ``host_rps``, however many
 start at once. With no shard running, every unit is free: a shard is always admitted then, so
-a run cannot stall. A host whose shards outnumber its units and the engine's slots runs at
-most ``C`` of them at a time (one unit each): the first ``admit`` says so once, pointing to
-``--group-by-host``.
+a run cannot stall. A host whose shards outnumber its units, while its units are fewer than
+the engine's slots, runs at most ``C`` of them at a time (one unit each): the first ``admit``
+says so once, pointing to ``--group-by-host``.
 
 A share is fixed when its shard starts: units freed later go to the shards that start later,
 and a shard started with few units of a large host may reach its deadline (its unfinished rows
@@ -183,8 +183,9 @@ class HostShares:
             state.running -= 1
 
     def _warn_serialised(self, slots: int) -> None:
-        """One line when a heavy host's shards outnumber its units and the engine's slots: at
-        most ``capacity`` of them can run at once, however many workers there are."""
+        """One line when a heavy host's shards outnumber its units while its units are fewer
+        than the engine's slots: at most ``capacity`` of them can run at once, however many
+        workers there are."""
         crowded = {
             host: state
             for host, state in self._hosts.items()

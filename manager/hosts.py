@@ -1,9 +1,11 @@
 """Hosts of URLs, as the per-host limits see them, and the rows each shard holds of each host.
 
 The host counts of a planning (``HostCounter``) are one parquet file in the job's shard-inputs
-folder, ``job/shards/host-counts/plan.parquet`` (``r1.parquet``, ... for retry rounds): one row
-per shard and host, ``shard, host, rows, host_rows`` (``host_rows``: the host's rows in the
-whole planning), for the hosts with more than one row in the planning. A host with one row is
+folder, ``job/shards/host-counts/plan.parquet`` (``r1.parquet``, ... for retry rounds;
+``counted-<first shard>.parquet`` for the shards of a job planned before the counts existed,
+counted when it next runs): one row per shard and host, ``shard, host, rows, host_rows``
+(``host_rows``: the host's rows in the whole planning), for the hosts with more than one row in
+the planning. A host with one row is
 fetched by one process, whose own limits hold it; the manager's job-wide limits
 (``hostcaps``) need the others. The file's metadata lists every shard it covers, also those
 holding no counted host. Written in bounded memory: counts spill by host, and each bucket is

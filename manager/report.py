@@ -1,7 +1,7 @@
 """`ldawt-manager status` (from the ledger and the job's lock, instant: whether a manager runs
 the job now) and `ldawt-manager report` (reads every committed manifest: outcomes by status, host
 and class, rows the image checks refused, the sizes of the stored images, throughput, slow
-hosts)."""
+hosts; and the shards' stats files: the hosts that throttled the job)."""
 
 from __future__ import annotations
 
@@ -486,7 +486,7 @@ def format_report(figures: dict[str, Any]) -> str:
         lines += [
             "",
             "hosts that throttled the job (429/503 answers, pauses for their Retry-After, "
-            "limit halvings):",
+            "limit halvings; at least: each shard names its 20 most throttled hosts):",
             f"  {'host':<40} {'429/503':>10} {'pauses':>8} {'halvings':>9}",
         ]
         lines += [

@@ -348,7 +348,7 @@ def test_a_host_in_more_shards_than_units_is_warned_of_once(caplog) -> None:
     assert "--group-by-host" in record.getMessage() and "big: 20 shards" in record.getMessage()
 
 
-def test_a_host_in_fewer_shards_than_slots_is_not_warned_of(caplog) -> None:
+def test_a_host_with_a_unit_per_slot_is_not_warned_of(caplog) -> None:
     shares = HostShares({f"s{i}": {"big": 10} for i in range(20)}, per_host=32, host_rps=None)
     with caplog.at_level("WARNING", logger="ldawt.manager.hostcaps"):
         shares.admit(_spec("s0"), slots=8)

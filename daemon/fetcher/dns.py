@@ -2,8 +2,9 @@
 
 aiohttp's connector cache forgets an answer after ``ttl_dns_cache`` seconds and never keeps a
 failure, so a dead host with a thousand rows would cost a thousand lookups. This cache keeps
-answers for ``ttl`` seconds, "no such name" for ``negative_ttl`` and other failures (a timed-out
-or refused lookup) briefly, and lets concurrent lookups of one name share a single query.
+answers for ``POSITIVE_TTL_S``, "no such name" for ``NEGATIVE_TTL_S`` and other failures (a
+timed-out or refused lookup) for ``TRANSIENT_TTL_S``, and lets concurrent lookups of one name
+share a single query.
 """
 
 from __future__ import annotations
@@ -38,17 +39,10 @@ Key = tuple[str, int, int]
 class CachingResolver(AbstractResolver):
     """Caches ``inner``'s answers and failures per (host, port, family); coalesces lookups."""
 
-    def __init__(
-        self,
-        inner: AbstractResolver | None = None,
-        ttl: float = POSITIVE_TTL_S,
-        negative_ttl: float = NEGATIVE_TTL_S,
-    ) -> None:
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
         # getaddrinfo in threads: it honours /etc/hosts, nsswitch and resolv.conf's options,
         # and aiohttp's own default switches to c-ares whenever aiodns happens to be installed.
         self._inner = inner or ThreadedResolver()
-        self._ttl = ttl
-        self._negative_ttl = negative_ttl
         self._cache: OrderedDict[Key, tuple[float, list[ResolveResult] | OSError]] = OrderedDict()
         self._pending: dict[Key, asyncio.Task[list[ResolveResult] | OSError]] = {}
 
@@ -72,10 +66,10 @@ class CachingResolver(AbstractResolver):
     ) -> list[ResolveResult] | OSError:
         try:
             result: list[ResolveResult] | OSError = await self._inner.resolve(host, port, family)
-            ttl = self._ttl
+            ttl = POSITIVE_TTL_S
         except OSError as exc:
             result = exc
-            ttl = self._negative_ttl if _no_such_name(exc) else TRANSIENT_TTL_S
+            ttl = NEGATIVE_TTL_S if _no_such_name(exc) else TRANSIENT_TTL_S
         self._cache[key] = (time.monotonic() + ttl, result)
         self._cache.move_to_end(key)
         while len(self._cache) > MAX_ENTRIES:

@@ -127,7 +127,7 @@ class Fetcher:
     async def _attempt(
         self, url: URL, options: FetchOptions, download: Download, shares: ShardShares
     ) -> None:
-        async with self._hosts.slot(url.host or ""), self._slots:
+        async with self._hosts.slot(url.raw_host or ""), self._slots:
             # Paced last: requests held back by the process's limits leave one instant apart.
             await shares.pace(url.raw_host or "")
             metrics.IN_FLIGHT.inc()
@@ -150,7 +150,7 @@ class Fetcher:
             async with self._session.get(url, allow_redirects=False, timeout=timeout) as response:
                 _count_connection(use, download)
                 metrics.TIME_TO_FIRST_BYTE.observe(time.monotonic() - sent)
-                metrics.observe_response(self._host_labels(url.host or ""), response.status)
+                metrics.observe_response(self._host_labels(url.raw_host or ""), response.status)
                 download.http_status = response.status
                 if response.status in REDIRECT_STATUSES:
                     url = _redirect_target(url, response)
@@ -192,7 +192,7 @@ class Fetcher:
         """The origin's robots.txt, fetched under the host's limits and the address guard;
         RFC 9309 for failures: 4xx -> all allowed, 5xx or unreachable -> all disallowed."""
         try:
-            async with self._hosts.slot(url.host or ""), self._slots:
+            async with self._hosts.slot(url.raw_host or ""), self._slots:
                 async with asyncio.timeout(options.total_timeout):
                     return await self._read_robots(robots_url(url), options)
         except Exception as exc:

@@ -12,7 +12,8 @@ What a request's outcome teaches is read from the exception (or its absence) tha
   flight size: halving a limit of 128 with 4 in flight would change nothing. Only requests
   started after the previous halving count, so one burst of answers to requests sent under the
   old limit halves it once, as TCP does once per window.
-- any other answer, while the host has its whole limit in flight: after as many such answers
+- any other answer below 500 (a success, a redirect, a 404), while the host has its whole
+  limit in flight: after as many such answers
   as the limit, the limit grows by one, up to ``per_host``. A limit the host does not reach
   does not grow, so it cannot creep up past what the host was shown to take.
 

@@ -190,13 +190,13 @@ class _Run:
     def _submit(self, ready: deque[_Attempt]) -> deque[_Attempt]:
         """Submit ready attempts while fewer than ``limit`` calls are in flight and the
         job-wide host limits admit them (a refused one stays ready, in its place), those holding
-        heavy hosts only while fewer of them than cores are in flight; none while no worker is
-        connected: a share is sized by the cores that can run shards."""
+        heavy hosts only while fewer of them than cores are in flight (so none of those while
+        no worker is connected: a share is sized by the cores that can run shards)."""
         refused: deque[_Attempt] = deque()
         # Calls beyond the cores wait inside TaskVine for a worker: those holding units of a
         # heavy host would keep them from the shards that run.
         sharing = sum(self.shares.holds(a.spec.shard_id) for _, a in self.running.values())
-        while ready and len(self.running) < self.limit and self.cores:
+        while ready and len(self.running) < self.limit:
             attempt = ready.popleft()
             holds = self.shares.holds(attempt.spec.shard_id)
             if holds and sharing >= self.cores:
