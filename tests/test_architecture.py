@@ -17,6 +17,7 @@ MANAGER_USES_FROM_DAEMON = {
     "ldawt.daemon.shard",  # the local engine runs shards in its own processes
     "ldawt.daemon.library",  # the TaskVine engine installs the library
     "ldawt.daemon.fetcher.probe",  # estimate's header-only requests, under a job's limits
+    "ldawt.daemon.fetcher.dnsshare",  # the local engine serves its processes one DNS cache
     "ldawt.daemon.worker.resources",  # sizing local TaskVine workers and local processes
     "ldawt.daemon.metrics",  # one registry and endpoint helper for both sides
 }

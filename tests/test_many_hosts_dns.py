@@ -1,6 +1,7 @@
 """Many hosts behind a real DNS server (issue 12): 200 names served by Debian's unbound on the
-loopback, rows spread over them Zipf-like, ldawt-manager run as users run it inside a private
-mount namespace whose /etc/resolv.conf names that server."""
+loopback, rows spread over them Zipf-like, ldawt-manager run as users run it (the default local
+engine, two worker processes) inside a private mount namespace whose /etc/resolv.conf names
+that server."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ ADDRESSES = [f"127.61.0.{i}" for i in range(1, 9)]
 NXDOMAIN_RANKS = (1, 7, 40, 150)  # rank 1: a heavy dead host, one lookup for all its rows
 SLOW_RANKS = (3, 60)
 RUN_LIMIT_S = 180
+SHARD_ROWS = 40  # ten shards: both worker processes meet most heavy hosts
 
 
 def _needs() -> str | None:
@@ -67,7 +69,10 @@ def test_many_hosts_one_lookup_each_through_a_real_dns_server(tmp_path: Path) ->
         out = tmp_path / "out"
         # robots ignored: with robots.txt obeyed, its per-host cache would hide the resolver's
         cmd = manager_command("submit", table, "--out", out, "--allow-private")
-        cmd += ["--robots", "ignore", "--engine", "local"]
+        cmd += ["--robots", "ignore", "--engine", "local", "--workers", "2"]
+        cmd += ["--shard-size", str(SHARD_ROWS)]
+        tmpdir = tmp_path / "tmp"  # where the manager's shared DNS cache puts its socket
+        tmpdir.mkdir()
         started = time.monotonic()
         run = subprocess.run(
             in_namespace(cmd, dns.resolv_conf),
@@ -75,11 +80,14 @@ def test_many_hosts_one_lookup_each_through_a_real_dns_server(tmp_path: Path) ->
             text=True,
             timeout=RUN_LIMIT_S,
             check=False,
+            env={**os.environ, "TMPDIR": str(tmpdir)},
         )
         elapsed = time.monotonic() - started
         queries = dns.queries()
     assert run.returncode == 0, run.stderr[-2000:]
     assert elapsed < RUN_LIMIT_S
+    assert "shared DNS cache" not in run.stderr  # no process fell back on its own lookups
+    assert list(tmpdir.iterdir()) == []  # the cache's socket went with the run
     rows = [r for p in sorted(out.glob("*.manifest.parquet")) for r in pq.read_table(p).to_pylist()]
     assert len(rows) == ROWS
     by_host: dict[str, Counter[str]] = {}
@@ -89,7 +97,8 @@ def test_many_hosts_one_lookup_each_through_a_real_dns_server(tmp_path: Path) ->
     for host, statuses in by_host.items():
         want = "dns_error" if host in nxdomain else "ok"
         assert statuses == Counter({want: sum(statuses.values())}), (host, statuses)
-    # every distinct host was asked of this server, and at most twice (A + AAAA) over the run
+    # every distinct host was asked of this server, and at most twice (A + AAAA) over the run:
+    # the two processes share the manager's cache
     assert set(queries) == set(by_host), set(queries) ^ set(by_host)
     too_many = {host: n for host, n in queries.items() if n > 2}
     assert not too_many, too_many

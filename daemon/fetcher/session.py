@@ -10,6 +10,8 @@ from typing import Any
 import aiohttp
 
 from .. import metrics
+from .dns import CachingResolver
+from .dnsshare import SocketResolver
 from .guard import GuardedResolver
 from .options import FetchOptions
 
@@ -98,6 +100,11 @@ def _ssl_setting(options: FetchOptions) -> ssl.SSLContext | bool:
     return True
 
 
+def _shared_dns(options: FetchOptions) -> SocketResolver | None:
+    """The manager's shared DNS cache as the process cache's source, when there is one."""
+    return SocketResolver(options.dns_socket) if options.dns_socket else None
+
+
 def open_session(
     options: FetchOptions, host_in_use: Callable[[str], bool]
 ) -> aiohttp.ClientSession:
@@ -110,7 +117,7 @@ def open_session(
         keepalive_timeout=30,
         idle_headroom=options.concurrency // IDLE_HEADROOM_DIVISOR,
         host_in_use=host_in_use,
-        resolver=GuardedResolver(options.allow_private),
+        resolver=GuardedResolver(options.allow_private, CachingResolver(_shared_dns(options))),
         ssl=_ssl_setting(options),
     )
     return aiohttp.ClientSession(

@@ -3,12 +3,15 @@
 With one worker the shards run in this process, on one warm runtime (one event loop, one
 connection pool). With more, each worker is a separate process holding its own runtime, so the
 CPU work (HTTP parsing, hashing, tar writing) spreads over the cores. A shard starts only when
-a worker is free and the job-wide host limits admit it (``hostcaps``).
+a worker is free and the job-wide host limits admit it (``hostcaps``). The worker processes
+share one DNS cache, served by this process on a Unix socket for the run (``dns_socket``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import dataclasses
 import multiprocessing
 import queue
 import time
@@ -23,6 +26,7 @@ from ldawt.daemon.contract import (
     describe_exception,
     failure_result,
 )
+from ldawt.daemon.fetcher.dnsshare import SharedDnsCache
 from ldawt.daemon.shard import run_shard
 from ldawt.daemon.worker.resources import detect_cores
 
@@ -61,6 +65,7 @@ class LocalEngine:
             executor: cf.Executor = cf.ThreadPoolExecutor(
                 1, initializer=_init_worker, initargs=(progress_queue,)
             )
+            shared_dns: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
         else:
             # spawn: the manager may hold threads, which fork would copy in a broken state
             context = multiprocessing.get_context("spawn")
@@ -68,9 +73,11 @@ class LocalEngine:
             executor = cf.ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)
             )
-        with executor:
+            shared_dns = SharedDnsCache()
+        # the cache outlives the pool: shards still running after an interrupt keep using it
+        with shared_dns as dns_socket, executor:
             started = time.monotonic()
-            waiting = deque(specs)
+            waiting = deque(_with_dns_socket(spec, dns_socket) for spec in specs)
             pending: dict[cf.Future, ShardSpec] = {}
             try:
                 while waiting or pending:
@@ -89,6 +96,12 @@ class LocalEngine:
             finally:
                 for future in pending:
                     future.cancel()
+
+
+def _with_dns_socket(spec: ShardSpec, dns_socket: str | None) -> ShardSpec:
+    if dns_socket is None:
+        return spec
+    return spec.replace(fetch=dataclasses.replace(spec.fetch, dns_socket=dns_socket))
 
 
 def _start(
