@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import logging
 import multiprocessing
 import queue
 import time
@@ -31,6 +32,8 @@ from ldawt.daemon.shard import run_shard
 from ldawt.daemon.worker.resources import detect_cores
 
 from ..hostcaps import UNSHARED, HostShares
+
+log = logging.getLogger(__name__)
 
 _progress_queue: Any = None
 
@@ -73,7 +76,7 @@ class LocalEngine:
             executor = cf.ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)
             )
-            shared_dns = SharedDnsCache()
+            shared_dns = _shared_dns()
         # the cache outlives the pool: shards still running after an interrupt keep using it
         with shared_dns as dns_socket, executor:
             started = time.monotonic()
@@ -96,6 +99,19 @@ class LocalEngine:
             finally:
                 for future in pending:
                     future.cancel()
+
+
+@contextlib.contextmanager
+def _shared_dns() -> Iterator[str | None]:
+    """The shared DNS cache's socket path; None, with one warning, when it cannot start (each
+    worker process then resolves for itself, as on TaskVine)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            path: str | None = stack.enter_context(SharedDnsCache())
+        except (OSError, TimeoutError) as exc:
+            log.warning(f"no shared DNS cache ({exc}); each worker process resolves hosts itself")
+            path = None
+        yield path
 
 
 def _with_dns_socket(spec: ShardSpec, dns_socket: str | None) -> ShardSpec:
