@@ -21,6 +21,15 @@ from aiohttp import web
 
 from ldawt.manager.demo import serve_in_background
 from ldawt.manager.images import make_jpeg
+from ldawt.manager.inputs import (
+    ClassLabels,
+    estimate_rows,
+    list_input_files,
+    read_schema,
+    resolve_columns,
+    shard_tables,
+)
+from ldawt.manager.plan import PlannedShard, PlanOptions, ShardWriter
 
 CLASSES = ("Apis mellifera", "Danaus plexippus", "Quercus robur")
 POLL_S = 0.005
@@ -161,3 +170,19 @@ def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def plan_source(
+    source: Path,
+    shard_dir: Path,
+    spill_dir: Path,
+    options: PlanOptions,
+    columns: tuple[str | None, str | None, str | None] = (None, None, None),
+    passthrough: tuple[str, ...] = (),
+) -> tuple[ShardWriter, list[PlannedShard]]:
+    """``source`` planned by the real planner as ``submit`` does; ``columns``: the URL, class
+    and key columns asked for (None: found by name)."""
+    files = list_input_files(source)
+    mapped = resolve_columns(read_schema(files[0]), *columns, passthrough)
+    writer = ShardWriter(shard_dir, spill_dir, options)
+    return writer, writer.write(shard_tables(files, mapped, ClassLabels()), estimate_rows(files))

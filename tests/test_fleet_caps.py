@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from fleet_caps import check_caps, recording_origin, run_capped_job
-from manager_support import run_manager, url_table
+from manager_support import plan_source, run_manager, url_table
 from shard_input import write_shard_input
 from yarl import URL
 
@@ -27,16 +27,8 @@ from ldawt.manager import plan as plan_module
 from ldawt.manager.engines.local import LocalEngine
 from ldawt.manager.errors import InputError
 from ldawt.manager.hostcaps import HostShares
-from ldawt.manager.inputs import (
-    ClassLabels,
-    estimate_rows,
-    list_input_files,
-    read_schema,
-    resolve_columns,
-    shard_tables,
-)
 from ldawt.manager.job import Job, JobRun, JobSettings
-from ldawt.manager.plan import PlanOptions, ShardWriter
+from ldawt.manager.plan import PlanOptions
 
 
 def test_local_worker_processes_share_the_per_host_limits(tmp_path: Path) -> None:
@@ -101,12 +93,9 @@ def test_shares_never_add_up_past_the_caps_and_come_back_when_shards_end() -> No
 def _planned(tmp_path: Path, urls: list[str], fetch: FetchOptions, **plan: Any) -> JobRun:
     """A job folder planned by the real planner, with shards of 10 rows."""
     source = url_table(tmp_path / "urls.parquet", urls)
-    files = list_input_files(source)
-    columns = resolve_columns(read_schema(files[0]), None, None, None, ())
     job = Job(tmp_path / "out")
     options = PlanOptions(shard_size=10, fetch=fetch, **plan)
-    writer = ShardWriter(job.shard_dir, job.spill_dir, options)
-    shards = writer.write(shard_tables(files, columns, ClassLabels()), estimate_rows(files))
+    _, shards = plan_source(source, job.shard_dir, job.spill_dir, options)
     ledger = job.open_ledger()
     ledger.add_shards(
         ((s.shard_id, str(s.input_path.relative_to(job.out)), s.rows) for s in shards), 0, {}

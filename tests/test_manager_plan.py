@@ -10,19 +10,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from manager_support import write_table
+from manager_support import plan_source, write_table
 
 from ldawt.manager import plan as plan_module
 from ldawt.manager.errors import InputError
-from ldawt.manager.inputs import (
-    ClassLabels,
-    estimate_rows,
-    list_input_files,
-    read_schema,
-    resolve_columns,
-    shard_tables,
-)
-from ldawt.manager.plan import PlanOptions, ShardWriter, balance_classes
+from ldawt.manager.plan import PlanOptions, balance_classes
 
 # The real lists live outside the repository: CI lays out <dir>/main (this repository) with
 # <dir>/shared beside it.
@@ -41,16 +33,10 @@ def real_list() -> Path:
 
 
 def _plan(tmp: Path, source: Path, options: PlanOptions, passthrough=(), **columns):
-    files = list_input_files(source)
-    mapped = resolve_columns(
-        read_schema(files[0]),
-        columns.get("url"),
-        columns.get("class_"),
-        columns.get("key"),
-        tuple(passthrough),
+    named = (columns.get("url"), columns.get("class_"), columns.get("key"))
+    writer, shards = plan_source(
+        source, tmp / "shards", tmp / "spill", options, named, tuple(passthrough)
     )
-    writer = ShardWriter(tmp / "shards", tmp / "spill", options)
-    shards = writer.write(shard_tables(files, mapped, ClassLabels()), estimate_rows(files))
     tables = [pq.read_table(s.input_path) for s in shards]
     assert [t.num_rows for t in tables] == [s.rows for s in shards]
     assert not (tmp / "spill").exists()
