@@ -15,6 +15,10 @@ from ldawt.daemon.fetcher.session import IDLE_HEADROOM_DIVISOR
 
 CONCURRENCY = 32
 CAP = CONCURRENCY + CONCURRENCY // IDLE_HEADROOM_DIVISOR
+# An idle connection the pool closes keeps its socket until the event loop's next turn, while
+# the connection replacing it may already be connecting: the OS can show a few more than the
+# pool holds for a moment (41 against 40 seen once in CI; 311 without the cap).
+CLOSING_SLACK = 4
 LIGHT_HOSTS = 300
 HEAVY_ROWS = LIGHT_HOSTS // 2
 SAMPLE_S = 0.01
@@ -60,7 +64,7 @@ def test_open_connections_stay_within_the_cap_over_hundreds_of_hosts(tmp_path: P
     assert returncode == 0, (tmp_path / "manager.log").read_text()[-2000:]
     busy = [n for n in samples if n]
     assert len(busy) >= 5, f"too few samples while downloading: {samples}"
-    assert max(busy) <= CAP, f"peak {max(busy)} open connections: {busy}"
+    assert max(busy) <= CAP + CLOSING_SLACK, f"peak {max(busy)} open connections: {busy}"
     stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
     assert sum(s["counts"].get("ok", 0) for s in stats) == len(urls)
     # each light row needs a connection of its own; the heavy host's rows, under way all the
