@@ -81,3 +81,40 @@ def test_tls_read_buffers_stay_in_their_own_mappings() -> None:
     # The premise: left alone, glibc serves them from the heap once one has been freed.
     assert run_python(TLS_BUFFERS_MAPPED.format(tune=False)) == str([False] * 4)
     assert run_python(TLS_BUFFERS_MAPPED.format(tune=True)) == str([True] * 4)
+
+
+# A reference cycle (as an exception and its traceback make) is freed by the cycle collector
+# only; how soon depends on the young generation's threshold, counted in new container objects
+# still alive.
+CYCLES_COLLECTED = """
+import gc, weakref
+from ldawt.daemon.runtime import get_runtime
+
+class Node:
+    pass
+
+def cycle():
+    node = Node()
+    node.self = node
+    return weakref.ref(node)
+
+if {runtime}:
+    get_runtime()
+gc.collect()
+found = []
+for alive in (2_000, 30_000):
+    ref = cycle()
+    kept = [[] for _ in range(alive)]
+    found.append(ref() is None)
+    del kept
+print(found)
+"""
+
+
+@pytest.mark.parametrize(("runtime", "collected"), [(False, [True, True]), (True, [False, True])])
+def test_the_runtime_collects_cycles_after_more_new_objects(
+    runtime: bool, collected: list[bool]
+) -> None:
+    """Thousands of objects of requests in flight do not start a collection each (why:
+    ``collect_cycles_less_often``), and cycles are still collected without being asked."""
+    assert run_python(CYCLES_COLLECTED.format(runtime=runtime)) == str(collected)
