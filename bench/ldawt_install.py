@@ -41,6 +41,19 @@ def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _compile(venv: Path, src: Path) -> None:
+    """Write the snapshot's bytecode, as a normal (non-editable) install does. An editable
+    install leaves it to the first import, which writes nothing under PYTHONDONTWRITEBYTECODE
+    (set on these machines): every ldawt process of every row would then compile ldawt's
+    modules again, about 0.15 CPU s each (bench/RESULTS.md), while the peers' packages come
+    compiled."""
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "compileall", "-q", "-j", "0",
+         str(src / "daemon"), str(src / "manager")],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+
+
 def install(rev: str, work: Path, log: Log, slot: str = "") -> tuple[Path | None, str]:
     """Install ldawt at ``rev`` (a git revision, or ``worktree``) into ``venv-ldawt<slot>``;
     returns (exe, description)."""
@@ -54,7 +67,7 @@ def install(rev: str, work: Path, log: Log, slot: str = "") -> tuple[Path | None
     desc = f"commit {commit[:12]} (last ldawt change: {last})"
     venv = work / f"venv-ldawt{slot}"
     stamp = venv / "ldawt-commit"
-    stamp_text = f"{commit} editable-snapshot"
+    stamp_text = f"{commit} editable-snapshot, compiled"
     if stamp.exists() and stamp.read_text() == stamp_text:
         return venv / "bin" / "ldawt-manager", desc
     src_root = work / f"ldawt-src{slot}"
@@ -73,6 +86,7 @@ def install(rev: str, work: Path, log: Log, slot: str = "") -> tuple[Path | None
     if res.returncode != 0:
         log(f"ldawt: pip install of {commit[:12]} failed: {res.stderr.strip()[-400:]}")
         return None, desc
+    _compile(venv, src)
     stamp.write_text(stamp_text)
     return venv / "bin" / "ldawt-manager", desc
 
@@ -102,6 +116,7 @@ def _install_worktree(work: Path, log: Log, slot: str, head: str) -> tuple[Path 
             log(f"ldawt: pip install -e failed: {res.stderr.strip()[-400:]}")
             return None, desc
         stamp.write_text(want)
+    _compile(venv, src)  # the copy is new at every run
     return exe, desc
 
 
