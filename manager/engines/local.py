@@ -14,6 +14,9 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import os
 import queue
 import time
 from collections import deque
@@ -36,6 +39,7 @@ from ..hostcaps import UNSHARED, HostShares
 log = logging.getLogger(__name__)
 
 _progress_queue: Any = None
+_forkserver_environment: dict[str, str] | None = None
 
 
 def _init_worker(progress_queue: Any) -> None:
@@ -70,8 +74,7 @@ class LocalEngine:
             )
             shared_dns: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
         else:
-            # spawn: the manager may hold threads, which fork would copy in a broken state
-            context = multiprocessing.get_context("spawn")
+            context = _worker_context()
             progress_queue = context.Queue()
             executor = cf.ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)
@@ -99,6 +102,34 @@ class LocalEngine:
             finally:
                 for future in pending:
                     future.cancel()
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Worker processes forked from a server process that imported ldawt once, where the
+    platform has one (forkserver). Each spawned process would import ldawt, aiohttp and pyarrow
+    again, about 0.4 CPU s apiece (bench/RESULTS.md). Never plain fork: the manager may hold
+    threads, which fork would copy in a broken state.
+
+    The server's processes keep the environment it started with, the job's marker among it
+    (``reconcile.stop_orphans``); a later run of this process in another environment (another
+    job, through the API) spawns its workers instead.
+    """
+    global _forkserver_environment
+    environment = dict(os.environ)
+    if "forkserver" in multiprocessing.get_all_start_methods() and (
+        _forkserver_environment in (None, environment)
+    ):
+        context = multiprocessing.get_context("forkserver")
+        # "__main__": the program's script (ldawt-manager), which the workers would each run again
+        context.set_forkserver_preload(["__main__", __name__])
+        try:
+            multiprocessing.forkserver.ensure_running()
+        except OSError as exc:  # its socket's path under a long TMPDIR, for one
+            log.debug(f"no forkserver ({exc}); worker processes are spawned")
+        else:
+            _forkserver_environment = environment
+            return context
+    return multiprocessing.get_context("spawn")
 
 
 @contextlib.contextmanager
