@@ -1,8 +1,10 @@
 """Run one client command and measure its whole process tree.
 
 * CPU: user+sys of the child and every descendant it reaped, exactly, from ``os.wait4``'s
-  rusage; descendants still alive at a sample (or orphaned) are tracked with psutil too, and the
-  larger of the two figures is reported.
+  rusage. This process is a child subreaper (Linux), so a descendant orphaned by its parent's
+  exit (a forkserver and the workers it reaped) becomes this process's child and is reaped and
+  counted the same way once the child is gone. Descendants are also tracked with psutil at each
+  sample, and the larger of the two figures is reported.
 * Memory: every ``interval_s`` the RSS (and PSS from ``smaps_rollup``, when readable) of all
   live processes of the tree are summed; the peaks of those sums are reported.
 
@@ -13,6 +15,7 @@ group is terminated, then killed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -65,6 +68,41 @@ def _stop_and_reap(pid: int, grace_s: float = 5.0) -> tuple[int, object]:
     return status, rusage
 
 
+PR_SET_CHILD_SUBREAPER = 36
+ORPHAN_EXIT_S = 10.0
+
+
+def _become_subreaper() -> bool:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+def _reap_orphans(session: int, grace_s: float = ORPHAN_EXIT_S) -> float:
+    """CPU of the processes of ``session`` that were orphaned and became this process's children
+    (they exit once their parent is gone: a forkserver whose manager exited), reaped within
+    ``grace_s``; the rest are killed, reaped and counted too."""
+    cpu = 0.0
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = []
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if os.getsid(child.pid) == session:
+                    left.append(child.pid)
+        if not left:
+            return cpu
+        if time.monotonic() > deadline:
+            _signal_group(session, signal.SIGKILL)
+        for orphan in left:
+            with contextlib.suppress(ChildProcessError):
+                wpid, _, rusage = os.wait4(orphan, os.WNOHANG)
+                if wpid == orphan:
+                    cpu += rusage.ru_utime + rusage.ru_stime
+        time.sleep(0.05)
+
+
 def run_measured(
     cmd: list[str],
     *,
@@ -77,6 +115,7 @@ def run_measured(
 ) -> TreeStats:
     """Run ``cmd`` to completion (or ``timeout_s``), sampling its tree; output goes to files."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    subreaper = _become_subreaper()
     with open(log_path, "wb") as err, open(stdout_path or log_path, "ab") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -134,8 +173,10 @@ def run_measured(
     finally:
         proc.returncode = 0  # reaped by wait4 above; keep Popen from waiting again
     wall = time.perf_counter() - t0
-    _signal_group(pid, signal.SIGKILL)  # leftovers of the group (children left behind)
     exact = rusage.ru_utime + rusage.ru_stime if rusage else 0.0
+    if subreaper:
+        exact += _reap_orphans(pid)
+    _signal_group(pid, signal.SIGKILL)  # leftovers of the group (children left behind)
     sampled = sum(cpu_seen.values())
     notes = []
     if sampled > exact * 1.05 + 0.5:
