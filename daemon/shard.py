@@ -198,7 +198,7 @@ async def _process_shard(
                 outcomes[index] = _manifest_row(rows[index], None, Status.CANCELLED)
                 tally.add(outcomes[index], None)
         await asyncio.to_thread(writer.commit)
-        # after the commit: the originals' sha256 are set by the writer thread
+        # last: a duplicate copies its original's outcome, complete once every row is done
         for index, original in duplicates.items():
             outcomes[index] = _duplicate_row(rows[index], outcomes[original])
             tally.add(outcomes[index], None)
@@ -265,8 +265,11 @@ async def _store(
             image, sha256 = await loop.run_in_executor(
                 pixels, _image_stage, body, spec.transform, expected
             )
-        else:  # originals as they are: the header alone, microseconds
-            image, sha256 = transform(body, spec.transform), None
+        else:  # originals as they are: the header alone, microseconds, and the hash
+            # Hashed here, not by the tar writer's thread: when the loop keeps a core busy, a
+            # writer thread taking the GIL back after each hash cost the process about 15% more
+            # CPU per image (bench/RESULTS.md); here the bytes are also still in the CPU cache.
+            image, sha256 = transform(body, spec.transform), hashlib.sha256(body).hexdigest()
     except BaseException:
         fetcher.release(download)
         raise
@@ -282,8 +285,7 @@ async def _store(
         return
     assert image.data is not None
     outcome["stored_bytes"] = len(image.data)
-    if sha256 is not None:
-        outcome["sha256"] = sha256
+    outcome["sha256"] = sha256
     extension = image.extension or download.extension or "bin"
     packer.add(row, image.data, extension, outcome, lambda: fetcher.release(download))
     download.body = None  # the writer holds the bytes now
@@ -291,16 +293,14 @@ async def _store(
 
 def _image_stage(
     body: bytes, options: TransformOptions, expected: str | None
-) -> tuple[TransformResult, str | None]:
-    """Off the loop: the expected-hash check, then the transform. Returns the result and, when
-    the stored bytes are not the downloaded ones, the downloaded bytes' sha256 (the manifest's
-    ``sha256`` is always theirs)."""
+) -> tuple[TransformResult, str]:
+    """Off the loop: the expected-hash check, then the transform. Returns the result and the
+    downloaded bytes' sha256 (the manifest's ``sha256`` is always theirs)."""
     if expected:
         mismatch = hash_mismatch(body, expected)
         if mismatch is not None:
-            return TransformResult(Status.HASH_MISMATCH, mismatch), None
-    image = transform(body, options)
-    return image, hashlib.sha256(body).hexdigest() if image.reencoded else None
+            return TransformResult(Status.HASH_MISMATCH, mismatch), ""
+    return transform(body, options), hashlib.sha256(body).hexdigest()
 
 
 def _manifest_row(

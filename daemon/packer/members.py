@@ -30,20 +30,12 @@ class MemberPacker:
         outcome: dict[str, Any],
         released: Callable[[], None],
     ) -> None:
-        """Queue ``image`` for ``row``; the writer thread sets ``outcome["sha256"]`` once the
-        image is in the tar (unless the outcome has one: the hash of downloaded bytes that were
-        transformed), and calls ``released()`` once it is done with the bytes, written or not.
-        Sets ``outcome["member"]`` now."""
+        """Queue ``image`` for ``row``; the writer thread calls ``released()`` once it is done
+        with the bytes, written or not. Sets ``outcome["member"]`` now."""
         stem = self._namer.stem(row["class"], row["key"])
         member = f"{stem}.{extension}"
         outcome["member"] = member
-
-        def done(sha256: str | None) -> None:  # on the writer thread
-            if sha256 is not None:
-                outcome.setdefault("sha256", sha256)
-            released()
-
-        self._writer.add(member, image, done)
+        self._writer.add(member, image, released)
         if self._webdataset:
             meta = {k: row[k] for k in ("key", "url", "class", "label")}
             meta.update({k: outcome.get(k) for k in SIZE_FIELDS})

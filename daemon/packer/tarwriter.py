@@ -9,7 +9,6 @@ killed shard never leaves a tar that looks complete.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import queue
 import tarfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from ..contract import fsync_directory, partial_path
 
-Done = Callable[[str | None], None]
+Done = Callable[[], None]
 _STOP = object()
 _ZEROS = bytes(tarfile.BLOCKSIZE)
 
@@ -32,8 +31,9 @@ class TarWriter:
     ``os.writev`` of header, body and padding. ``TarFile.addfile`` would copy the body in 16 KiB
     writes, and each write gives the GIL away to the busy event loop thread for up to a switch
     interval, which made the writer fall behind the downloads. Batching the members queued
-    together into one ``writev`` saves little for small images and costs CPU for large ones: a
-    batch of a few hundred KB leaves the CPU cache before it is hashed (bench/RESULTS.md).
+    together into one ``writev`` saves little for small images and costs CPU for large ones
+    (bench/RESULTS.md). The writer does not hash members: ``sha256`` comes with the row (see
+    ``shard._store``).
     """
 
     def __init__(self, final_path: Path, compress: bool) -> None:
@@ -55,9 +55,8 @@ class TarWriter:
         self._thread.start()
 
     def add(self, name: str, data: bytes, done: Done | None = None) -> None:
-        """Queue one member. ``done`` is called from the writer thread once the member is
-        handled: with its sha256 (hex) when it is in the tar, with None when it was dropped
-        after a write failed (commit raises that failure)."""
+        """Queue one member. ``done`` is called from the writer thread once the writer is done
+        with ``data``: written, or dropped after a write failed (commit raises that failure)."""
         self._queue.put((name, data, done))
 
     def commit(self) -> Path:
@@ -86,16 +85,14 @@ class TarWriter:
         try:
             while (item := self._queue.get()) is not _STOP:
                 name, data, done = item
-                sha256 = None
                 if self._error is None:  # after a failure the rest is drained; commit raises it
                     try:
                         self._write_member(name, data)
                         self.members += 1
-                        sha256 = hashlib.sha256(data).hexdigest()
                     except BaseException as exc:  # disk full, I/O error: reported by commit
                         self._error = exc
                 if done is not None:
-                    done(sha256)
+                    done()
         finally:
             self._close_file()
 
