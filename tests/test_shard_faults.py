@@ -14,6 +14,7 @@ from fault_origin import PNG_HEADER, FaultOrigin
 from shard_input import write_shard_input
 
 from ldawt.daemon import metrics
+from ldawt.daemon.fetcher.budget import ByteBudget
 from ldawt.daemon.shard import run_shard
 from ldawt.manager.demo import serve_in_background
 
@@ -224,8 +225,21 @@ def test_per_host_cap_and_memory_budget(tmp_path: Path, origin: tuple[FaultOrigi
     )
     assert result["counts"] == {"ok": 60}
     assert fault_origin.max_in_flight <= 4
-    assert metrics.BUFFERED_BYTES._value.get() == 0
+    assert metrics.REGISTRY.get_sample_value("ldawt_buffered_bytes") == 0
     assert result["connections_reused"] > result["connections_new"]
+
+
+def test_buffered_bytes_sums_every_budget_of_the_process() -> None:
+    """One budget per pool of options: the gauge is their sum, not the last one to change."""
+    first, second = ByteBudget(1_000), ByteBudget(1_000)
+    before = metrics.REGISTRY.get_sample_value("ldawt_buffered_bytes")
+    first.charge(100)
+    second.charge(50)
+    assert metrics.REGISTRY.get_sample_value("ldawt_buffered_bytes") == before + 150
+    first.release(100)
+    assert metrics.REGISTRY.get_sample_value("ldawt_buffered_bytes") == before + 50
+    second.release(50)
+    assert metrics.REGISTRY.get_sample_value("ldawt_buffered_bytes") == before
 
 
 def test_host_rate_limit(tmp_path: Path, origin: tuple[FaultOrigin, str]) -> None:

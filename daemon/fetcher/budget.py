@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections import deque
 
 from .. import metrics
@@ -25,6 +26,8 @@ class ByteBudget:
         self.used = 0
         self._lock = threading.Lock()
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        with _budgets_lock:
+            _budgets.add(self)
 
     async def reserve(self, size: int) -> None:
         with self._lock:
@@ -65,7 +68,20 @@ class ByteBudget:
 
     def _add(self, size: int) -> None:
         self.used += size
-        metrics.BUFFERED_BYTES.set(self.used)
+
+
+_budgets: weakref.WeakSet[ByteBudget] = weakref.WeakSet()
+_budgets_lock = threading.Lock()
+
+
+def _buffered_bytes() -> float:
+    """What every budget of this process holds (one per pool of options), read when scraped
+    rather than set at each reservation and release."""
+    with _budgets_lock:
+        return float(sum(budget.used for budget in _budgets))
+
+
+metrics.BUFFERED_BYTES.set_function(_buffered_bytes)
 
 
 def _grant(future: asyncio.Future[None]) -> None:
