@@ -23,7 +23,7 @@ from ldawt.daemon.contract import LAYOUTS, ROBOTS_MODES, FetchOptions, Transform
 from ldawt.daemon.storage import is_url
 from ldawt.daemon.transform.options import ENCODE_FORMATS, RESIZE_MODES
 
-from . import demo, estimate, index, metrics, report
+from . import estimate, index, metrics, report
 from .argtypes import at_least, positive_float
 from .config import apply_config
 from .console import command_logging, configure_logging
@@ -748,6 +748,8 @@ def _default_sigpipe() -> Iterator[None]:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from . import demo  # here: its web server (aiohttp.web) costs every other command 50 ms
+
     out = args.out or Path(tempfile.mkdtemp(prefix="ldawt-demo-"))
     listing = out / JOB_SUBDIR / demo.LISTING_NAME
     prepare_output(out)
