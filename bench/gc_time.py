@@ -49,6 +49,7 @@ def _report():
 class _Child:
 
     def __call__(self, _):
+        atexit.unregister(_report)  # a spawned child leaves through atexit too: report once
         for totals in _totals:
             totals[:] = [0, 0.0]
         from multiprocessing import util

@@ -82,25 +82,27 @@ def _become_subreaper() -> bool:
 def _reap_orphans(session: int, grace_s: float = ORPHAN_EXIT_S) -> float:
     """CPU of the processes of ``session`` that were orphaned and became this process's children
     (they exit once their parent is gone: a forkserver whose manager exited), reaped within
-    ``grace_s``; the rest are killed, reaped and counted too."""
+    ``grace_s``; the rest are killed, reaped and counted too (given up on after another
+    ``grace_s``, should one survive SIGKILL)."""
     cpu = 0.0
-    deadline = time.monotonic() + grace_s
-    while True:
+    started = time.monotonic()
+    while time.monotonic() - started < 2 * grace_s:
         left = []
         for child in psutil.Process().children():
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error, OSError):
                 if os.getsid(child.pid) == session:
                     left.append(child.pid)
         if not left:
-            return cpu
-        if time.monotonic() > deadline:
-            _signal_group(session, signal.SIGKILL)
+            break
         for orphan in left:
-            with contextlib.suppress(ChildProcessError):
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                if time.monotonic() - started > grace_s:
+                    os.kill(orphan, signal.SIGKILL)  # also one that left the process group
                 wpid, _, rusage = os.wait4(orphan, os.WNOHANG)
                 if wpid == orphan:
                     cpu += rusage.ru_utime + rusage.ru_stime
         time.sleep(0.05)
+    return cpu
 
 
 def run_measured(

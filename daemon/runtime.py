@@ -31,7 +31,7 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 TLS_READ_BUFFER = 256 * 1024  # uvloop's read buffer, one per TLS connection
 PILLOW_BLOCK_SIZE = 64 * 1024  # under TLS_READ_BUFFER: Pillow's blocks stay on the heap
 PILLOW_BLOCKS_KEPT = 8
-YOUNG_OBJECTS_PER_COLLECTION = 10_000  # CPython's default: 700
+YOUNG_OBJECTS_PER_COLLECTION = 10_000  # CPython's default: 700 (2,000 from 3.13)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -65,14 +65,14 @@ def keep_images_on_the_heap() -> None:
 
 
 def collect_cycles_less_often() -> None:
-    """Run the cycle collector once 10,000 new container objects (not 700) are alive.
+    """Run the cycle collector once 10,000 new container objects (not 700 or 2,000) are alive.
 
     With hundreds of requests in flight, tens of thousands of young objects (tasks, futures,
     aiohttp's request state) are alive at any time, and each young collection walks them all
     again: at the default, a worker process spent about 12% of its CPU in collections on the
-    small-image profile, 2% at this setting (bench/RESULTS.md). Reference counting frees nearly
-    everything at once either way; only objects in reference cycles (an exception with its
-    traceback) wait a little longer. A higher threshold already set is kept.
+    small-image profile, under 2% at this setting (bench/RESULTS.md). Reference counting frees
+    nearly everything at once either way; only objects in reference cycles (an exception with
+    its traceback) wait a little longer. A higher threshold already set is kept.
     """
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, YOUNG_OBJECTS_PER_COLLECTION), middle, old)

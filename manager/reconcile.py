@@ -83,10 +83,12 @@ def check_committed(
 
 def stop_orphans(job: Job) -> list[int]:
     """Kill worker processes a killed manager of this job left running: they would finish
-    their shard and race the shard's rerun on the same files. Returns their pids."""
+    their shard and race the shard's rerun on the same files. Returns their pids. This
+    process's own children (its forkserver from an earlier run of the job) are not orphans."""
+    ours = {os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))}
     orphans = []
     for process in psutil.process_iter():
-        if process.pid == os.getpid():
+        if process.pid in ours:
             continue
         try:
             if process.environ().get(JOB_ENV) == str(job.out):

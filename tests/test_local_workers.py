@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from manager_support import running_origin, url_table
+
 # A fresh interpreter: the forkserver's environment is fixed for the process once chosen.
 CONTEXTS = """
 import os
@@ -52,3 +54,32 @@ def test_workers_are_spawned_when_the_forkserver_cannot_start(tmp_path: Path) ->
         env={**os.environ, "TMPDIR": str(deep)},
     )
     assert (done.stdout.strip(), done.stderr) == ("spawn", "")
+
+
+# Two runs of one job in one process, as a script using the API may do.
+TWO_RUNS = """
+import sys
+from ldawt.manager.cli import main
+
+table, out = sys.argv[1:]
+run = ["--allow-private", "--workers", "2", "--shard-size", "10", "--engine", "local", "-v"]
+assert main(["submit", table, "--out", out, *run]) == 0
+assert main(["retry-failed", out, "--status", "http_404", "--engine", "local", "-v"]) == 0
+"""
+
+
+def test_a_second_run_of_the_job_keeps_its_own_forkserver(tmp_path: Path) -> None:
+    """The forkserver of the first run carries the job's marker; the second run must not take
+    it for a killed manager's worker (and say so), nor lose it."""
+    with running_origin() as origin:
+        urls = [origin.url("img" if i % 3 else "gone", i) for i in range(60)]
+        table = url_table(tmp_path / "urls.parquet", urls)
+        done = subprocess.run(
+            [sys.executable, "-c", TWO_RUNS, str(table), str(tmp_path / "out")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert "left running" not in done.stderr
+    assert done.stderr.count("worker processes fork from the forkserver") == 2, done.stderr

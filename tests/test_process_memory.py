@@ -102,7 +102,7 @@ if {runtime}:
     get_runtime()
 gc.collect()
 found = []
-for alive in (2_000, 30_000):
+for alive in (5_000, 30_000):
     ref = cycle()
     kept = [[] for _ in range(alive)]
     found.append(ref() is None)

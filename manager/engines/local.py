@@ -128,7 +128,10 @@ def _worker_context() -> multiprocessing.context.BaseContext:
             log.debug(f"no forkserver ({exc}); worker processes are spawned")
         else:
             _forkserver_environment = environment
+            log.debug("worker processes fork from the forkserver")
             return context
+    else:
+        log.debug("worker processes are spawned: no forkserver for this environment")
     return multiprocessing.get_context("spawn")
 
 
