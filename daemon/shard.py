@@ -48,10 +48,10 @@ from .transform.stage import TransformResult, transform
 from .transform.verify import hash_mismatch
 
 PROGRESS_INTERVAL_S = 1.0
-# What a duplicate row shares with the row that fetched its URL.
 HASH_ON_LOOP_MAX_BYTES = 1 << 20
 """Originals up to this size are hashed on the event loop (about 0.7 ms at 1.4 GB/s), larger
 ones in the pixel threads."""
+# What a duplicate row shares with the row that fetched its URL.
 SHARED_WITH_DUPLICATES = ("sha256", "content_type", "member", *SIZE_FIELDS, "stored_bytes")
 # Time granted after the shard's own deadline to cancel downloads and commit what is done.
 COMMIT_GRACE_S = 120.0
