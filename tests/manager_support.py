@@ -125,6 +125,19 @@ def url_table(path: Path, urls: list[str | None], **extra: list) -> Path:
     return write_table(path, columns)
 
 
+def run_python(code: str, env: dict[str, str] | None = None) -> str:
+    """The standard output of ``code`` run by a fresh interpreter (exit 0 required)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
 def manager_command(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "ldawt.manager.cli", *map(str, args)]
 

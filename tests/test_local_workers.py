@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from manager_support import running_origin, url_table
+from manager_support import run_python, running_origin, url_table
 
 # A fresh interpreter: the forkserver's environment is fixed for the process once chosen.
 CONTEXTS = """
@@ -33,27 +33,15 @@ def test_workers_fork_from_one_server_unless_the_environment_changed() -> None:
     """Workers come from one forkserver with ldawt imported, as long as the process's
     environment (the job's marker among it) is the one that server started with; otherwise
     they are spawned, and so carry the current job's marker."""
-    done = subprocess.run(
-        [sys.executable, "-c", CONTEXTS], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == str(["forkserver", "spawn", "forkserver"])
+    assert run_python(CONTEXTS) == str(["forkserver", "spawn", "forkserver"])
 
 
 def test_workers_are_spawned_when_the_forkserver_cannot_start(tmp_path: Path) -> None:
     """The forkserver listens on a Unix socket under TMPDIR, whose path has at most 107
-    bytes: under a longer TMPDIR the workers are spawned, with no error."""
+    bytes: under a longer TMPDIR the workers are spawned, and the run goes on."""
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
-    code = START_METHOD
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env={**os.environ, "TMPDIR": str(deep)},
-    )
-    assert (done.stdout.strip(), done.stderr) == ("spawn", "")
+    assert run_python(START_METHOD, {**os.environ, "TMPDIR": str(deep)}) == "spawn"
 
 
 # Two runs of one job in one process, as a script using the API may do.

@@ -4,23 +4,10 @@ fresh interpreter, since both settings are fixed for a process once made."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pyarrow as pa
 import pytest
-
-
-def run_python(code: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=True,
-    )
-    return done.stdout.strip()
+from manager_support import run_python
 
 
 def env_without_arrow_pool() -> dict[str, str]:
