@@ -76,6 +76,31 @@ def running_origin(delay_s: float = 0.0, image_bytes: int = 3000) -> Iterator[Or
 
 
 @contextmanager
+def serving(app: web.Application, listeners: list[socket.socket]) -> Iterator[None]:
+    """Serve ``app`` on each bound socket of ``listeners`` from a background thread."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    loop.run_until_complete(runner.setup())
+    for listener in listeners:
+        loop.run_until_complete(web.SockSite(runner, listener).start())
+    thread = threading.Thread(target=loop.run_forever, name="test-origin", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def bound_socket(address: str, port: int = 0) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((address, port))
+    return listener
+
+
+@contextmanager
 def origin_on(addresses: list[str], delay_s: float = 0.0) -> Iterator[int]:
     """One aiohttp app answering on every address (same port): /<name>.jpg is a JPEG, after
     ``delay_s``."""
@@ -88,23 +113,10 @@ def origin_on(addresses: list[str], delay_s: float = 0.0) -> Iterator[int]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", serve)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    loop.run_until_complete(runner.setup())
-    with socket.socket() as probe:
-        probe.bind((addresses[0], 0))
-        port = probe.getsockname()[1]
-    for address in addresses:
-        loop.run_until_complete(web.TCPSite(runner, address, port).start())
-    thread = threading.Thread(target=loop.run_forever, name="many-host-origin", daemon=True)
-    thread.start()
-    try:
+    first = bound_socket(addresses[0])
+    port = first.getsockname()[1]
+    with serving(app, [first, *(bound_socket(address, port) for address in addresses[1:])]):
         yield port
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 def write_table(path: Path, columns: dict[str, list]) -> Path:

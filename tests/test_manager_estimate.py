@@ -11,7 +11,6 @@ import asyncio
 import gzip
 import json
 import random
-import socket
 import subprocess
 import threading
 import time
@@ -26,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from manager_support import manager_command
+from manager_support import bound_socket, manager_command, serving
 
 from ldawt.daemon.contract import FetchOptions
 from ldawt.daemon.fetcher.probe import _range_total, probe_urls
@@ -124,35 +123,13 @@ class SizedOrigin:
 
 
 @contextmanager
-def serving(app: web.Application, addresses: tuple[str, ...]) -> Iterator[dict[str, int]]:
-    """Serve ``app`` on each of ``addresses`` (a free port each) from a background thread."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    loop.run_until_complete(runner.setup())
-    ports = {}
-    for address in addresses:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind((address, 0))
-        loop.run_until_complete(web.SockSite(runner, listener).start())
-        ports[address] = listener.getsockname()[1]
-    thread = threading.Thread(target=loop.run_forever, name="sized-origin", daemon=True)
-    thread.start()
-    try:
-        yield ports
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-
-
-@contextmanager
 def sized_origin(delay_s: float = 0.0) -> Iterator[SizedOrigin]:
     origin = SizedOrigin(delay_s)
     app = web.Application()
     app.router.add_route("*", "/{kind}/{n:\\d+}.jpg", origin.serve)
-    with serving(app, (PLAIN, NO_HEAD, NO_LENGTH, *TAIL)) as ports:
-        origin.ports = ports
+    listeners = {address: bound_socket(address) for address in (PLAIN, NO_HEAD, NO_LENGTH, *TAIL)}
+    with serving(app, list(listeners.values())):
+        origin.ports = {address: sock.getsockname()[1] for address, sock in listeners.items()}
         yield origin
 
 
@@ -403,9 +380,11 @@ def test_a_server_ignoring_the_range_is_not_read():
 
     app = web.Application()
     app.router.add_route("*", "/big.jpg", serve)
-    with serving(app, (PLAIN,)) as ports:
+    listener = bound_socket(PLAIN)
+    with serving(app, [listener]):
         options = FetchOptions(allow_private=True, retries=0, max_bytes=2 * size)
-        [probe] = probe_urls([f"http://{PLAIN}:{ports[PLAIN]}/big.jpg"], options)
+        port = listener.getsockname()[1]
+        [probe] = probe_urls([f"http://{PLAIN}:{port}/big.jpg"], options)
         assert sent["done"].wait(30)
     assert (probe.status, probe.size, probe.method) == ("ok", size, "GET 200")
     assert sent["bytes"] < size // 4
