@@ -43,6 +43,8 @@ class FaultOrigin:
         self.busy_hold_s = 0.05
         self.user_agents: list[str] = []
         """The User-Agent header of every request, in order."""
+        self.cookies: list[str] = []
+        """The Cookie header of every request that sent one, in order."""
         self.robots_txt: str | None = None
         """The body of /robots.txt; None: it answers ``robots_status`` (404) instead."""
         self.robots_status = 404
@@ -65,6 +67,8 @@ class FaultOrigin:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] += 1
         self.user_agents.append(request.headers.get("User-Agent", ""))
+        if "Cookie" in request.headers:
+            self.cookies.append(request.headers["Cookie"])
         self.arrivals[request.path].append(time.time())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -111,6 +115,10 @@ class FaultOrigin:
             hops = int(rest[0])
             target = f"/redirect/{hops - 1}/{rest[1]}" if hops > 1 else f"/img/{rest[1]}"
             raise (web.HTTPMovedPermanently if hops % 2 else web.HTTPFound)(target)
+        if kind == "cookie":  # /cookie/<name>: sets a cookie and redirects to /img/<name>
+            response = web.HTTPFound(f"/img/{rest[0]}")
+            response.set_cookie(f"session-{rest[0]}", "1", max_age=3600)
+            raise response
         if kind == "loop":  # /loop/a <-> /loop/b
             raise web.HTTPFound("/loop/b" if rest[0] == "a" else "/loop/a")
         if kind == "to-metadata":

@@ -275,3 +275,16 @@ def test_bad_spec_is_a_result_not_an_exception(tmp_path: Path) -> None:
     assert "missing.parquet" in result["error"]
     result = run_shard({"shard_id": "x", "bogus": 1})
     assert result["ok"] is False and "bogus" in result["error"]
+
+
+def test_no_cookie_is_sent_back(tmp_path: Path, origin: tuple[FaultOrigin, str]) -> None:
+    """A cookie set by an origin is not returned: not on the redirect it came with, not by the
+    next rows (the daemon's session outlives shards and would carry every host's cookies)."""
+    fault_origin, base = origin
+    # by name: a cookie jar keeps no cookie of an IP address
+    base = base.replace("127.0.0.1", "localhost")
+    urls = [f"{base}/cookie/c{i}" for i in range(3)]
+    _, manifest = run_rows(tmp_path, urls, fetch={"concurrency": 1})
+    assert [row["status"] for row in manifest] == ["ok"] * 3
+    assert [fault_origin.hits[f"/img/c{i}"] for i in range(3)] == [1, 1, 1]
+    assert fault_origin.cookies == []

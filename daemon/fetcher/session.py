@@ -125,5 +125,8 @@ def open_session(
         headers={"User-Agent": options.agent_header, "Accept": "image/*,*/*;q=0.8"},
         # Timeouts are set per request from the options of the shard at hand.
         timeout=aiohttp.ClientTimeout(total=None),
+        # No cookies kept, as img2dataset (a fresh urllib request per URL): a long-lived daemon's
+        # jar would grow with every host that sets one and be consulted on every request.
+        cookie_jar=aiohttp.DummyCookieJar(),
         raise_for_status=False,
     )
