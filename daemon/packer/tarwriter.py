@@ -154,14 +154,18 @@ class HeaderTemplate:
         blank = bytearray(self._tarinfo("", 0))
         blank[self._CHKSUM] = b" " * 8  # the checksum is summed over spaces in its own field
         self._blank = bytes(blank)
+        # the blank's sum without its name and size fields: a member's checksum adds only those
+        self._fixed_sum = sum(blank) - sum(blank[self._NAME]) - sum(blank[self._SIZE])
 
     def header(self, name: str, size: int) -> bytes:
         if not (name.isascii() and len(name) <= tarfile.LENGTH_NAME and size <= self._MAX_SIZE):
             return self._tarinfo(name, size)
+        encoded = name.encode("ascii")
+        size_field = b"%011o\0" % size
         block = bytearray(self._blank)
-        block[self._NAME] = name.encode("ascii").ljust(tarfile.LENGTH_NAME, tarfile.NUL)
-        block[self._SIZE] = b"%011o\0" % size
-        block[self._CHKSUM] = b"%06o\0 " % sum(block)
+        block[self._NAME] = encoded.ljust(tarfile.LENGTH_NAME, tarfile.NUL)
+        block[self._SIZE] = size_field
+        block[self._CHKSUM] = b"%06o\0 " % (self._fixed_sum + sum(encoded) + sum(size_field))
         return bytes(block)
 
     def _tarinfo(self, name: str, size: int) -> bytes:
