@@ -181,16 +181,17 @@ def partial_files(out: Path) -> list[Path]:
 
 
 @contextmanager
-def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
-    """A fresh tmpfs at ``folder`` (as root) with mount ``options``, unmounted afterwards."""
+def mounted_filesystem(folder: Path, fstype: str, options: str) -> Iterator[Path]:
+    """A fresh memory filesystem (tmpfs, ramfs) at ``folder`` (as root) with mount ``options``,
+    unmounted afterwards."""
     folder.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        ["mount", "-t", fstype, "-o", options, fstype, str(folder)],
         capture_output=True,
         check=False,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a {fstype} here: {mounted.stderr.decode().strip()}")
     try:
         yield folder
     finally:

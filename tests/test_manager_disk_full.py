@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from manager_support import mounted_tmpfs, partial_files, running_origin, url_table
+from manager_support import mounted_filesystem, partial_files, running_origin, url_table
 
 from ldawt.manager.cli import main
 from ldawt.manager.job import Job
@@ -22,7 +22,7 @@ FREE_BYTES = 1_000_000  # room for two shards and the job folder, not for five
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    with mounted_tmpfs(tmp_path / "disk", "size=8m") as folder:
+    with mounted_filesystem(tmp_path / "disk", "tmpfs", "size=8m") as folder:
         yield folder
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from manager_support import mounted_tmpfs, running_origin, url_table, write_table
+from manager_support import mounted_filesystem, running_origin, url_table, write_table
 
 from ldawt.manager.cli import main
 
@@ -78,7 +78,7 @@ def test_an_output_folder_that_is_a_file(tmp_path: Path, capsys):
 @pytest.fixture
 def read_only_folder(tmp_path: Path):
     """A read-only tmpfs: not writable even for root."""
-    with mounted_tmpfs(tmp_path / "readonly", "ro,size=1m") as folder:
+    with mounted_filesystem(tmp_path / "readonly", "tmpfs", "ro,size=1m") as folder:
         yield folder
 
 

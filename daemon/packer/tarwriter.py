@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..contract import fsync_directory, partial_path
+from .directfile import DirectFile
 
 Done = Callable[[], None]
 _STOP = object()
@@ -27,20 +28,19 @@ _ZEROS = bytes(tarfile.BLOCKSIZE)
 class TarWriter:
     """A tar being written by a background thread; ``commit`` or ``abort`` must end it.
 
-    Headers are those of ``tarfile.TarInfo`` (PAX format); each member then goes out in one
-    ``os.writev`` of header, body and padding. ``TarFile.addfile`` would copy the body in 16 KiB
-    writes, and each write gives the GIL away to the busy event loop thread for up to a switch
-    interval, which made the writer fall behind the downloads. Batching the members queued
-    together into one ``writev`` saves little for small images and costs CPU for large ones
-    (bench/RESULTS.md). The writer does not hash members: ``sha256`` comes with the row (see
-    ``shard._store``).
+    Headers are those of ``tarfile.TarInfo`` (PAX format); header, body and padding go into
+    the staging buffer of a ``DirectFile`` (written around the page cache), the body copied with
+    the GIL released. ``TarFile.addfile`` would copy the body in 16 KiB writes, and each write
+    gives the GIL away to the busy event loop thread for up to a switch interval, which made the
+    writer fall behind the downloads. The writer does not hash members: ``sha256`` comes with
+    the row (see ``shard._store``).
     """
 
     def __init__(self, final_path: Path, compress: bool) -> None:
         self.final_path = final_path
         self.partial_path = partial_path(final_path)
         # The file stays open across calls; the writer thread closes it.
-        self._file = open(self.partial_path, "wb", buffering=0)  # noqa: SIM115
+        self._file = DirectFile(self.partial_path)
         # Images do not shrink under gzip; level 1 keeps the .tar.gz format at little CPU cost.
         self._gzip = (
             gzip.GzipFile(fileobj=self._file, mode="wb", compresslevel=1) if compress else None
@@ -101,19 +101,10 @@ class TarWriter:
         self._emit([header, data, _ZEROS[: -len(data) % tarfile.BLOCKSIZE]])
 
     def _emit(self, parts: list[bytes]) -> None:
-        self._offset += sum(len(part) for part in parts)
-        if self._gzip is not None:
-            for part in parts:
-                self._gzip.write(part)
-            return
-        pending = [memoryview(part) for part in parts if part]
-        while pending:  # a regular file takes it all at once, short writes are rare
-            sent = os.writev(self._file.fileno(), pending)
-            while pending and sent >= len(pending[0]):
-                sent -= len(pending[0])
-                pending.pop(0)
-            if pending:
-                pending[0] = pending[0][sent:]
+        out = self._gzip if self._gzip is not None else self._file
+        for part in parts:
+            out.write(part)
+            self._offset += len(part)
 
     def _close_file(self) -> None:
         """End the archive and close the file, keeping the first error: on a full disk, closing
@@ -126,7 +117,7 @@ class TarWriter:
                 self._emit([bytes(end)])
             if self._gzip is not None:
                 self._gzip.close()
-            os.fsync(self._file.fileno())
+            self._file.sync()
         except BaseException as exc:
             self._error = self._error or exc
         try:
