@@ -2,10 +2,9 @@
 
 Buffered writes cost the writing thread a copy into the page cache, the kernel's bookkeeping
 per 4 KiB page (delayed allocation, buffer heads) and, at the shard's fsync, the writeback of
-every dirty page: 43-55 us per 113 KB member on these machines, and up to five times that while
-the page cache was still busy with an earlier run's files. Here members are copied into a 4 MiB
-staging buffer, written to the disk whole, aligned: 21-24 us per member, copy included, steady
-(bench/RESULTS.md). The page cache would gain nothing from the tar: nothing reads it back soon
+every dirty page: 43-55 us per 113 KB member on these machines, and 225-340 us in runs that
+followed other large writes. Here members are copied into a 4 MiB staging buffer, written to
+the disk whole, aligned: 20-24 us per member, copy included, steady (bench/RESULTS.md). The page cache would gain nothing from the tar: nothing reads it back soon
 (an upload reads it once), and the commit's fsync no longer waits for gigabytes of dirty pages.
 
 Where the filesystem refuses O_DIRECT (ramfs, some FUSE and network filesystems), or refuses a
@@ -48,7 +47,11 @@ class DirectFile:
                 raise
             self._fd = os.open(path, flags, 0o666)
             self._direct = False
-        self._buffer = mmap.mmap(-1, STAGING_BYTES)  # page-aligned, as O_DIRECT needs
+        try:
+            self._buffer = mmap.mmap(-1, STAGING_BYTES)  # page-aligned, as O_DIRECT needs
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._view = memoryview(self._buffer)
         anchor = ctypes.c_char.from_buffer(self._buffer)
         self._address = ctypes.addressof(anchor)
