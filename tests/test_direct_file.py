@@ -3,6 +3,9 @@ with ordinary writes where it does not, and the same bytes either way."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import io
 import os
 import random
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 from manager_support import mounted_filesystem
 
+from ldawt.daemon.packer import directfile
 from ldawt.daemon.packer.directfile import GIL_FREE_COPY_BYTES, STAGING_BYTES, DirectFile
 
 
@@ -26,15 +30,10 @@ def _parts() -> list[bytes]:
 
 def _open_flags(path: Path) -> int:
     """The flags this process holds ``path`` open with (from /proc, as the kernel has them)."""
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
-                for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-                    if line.startswith("flags:"):
-                        return int(line.split()[1], 8)
-        except FileNotFoundError:  # the listing's own descriptor, closed since
-            continue
-    raise AssertionError(f"{path} is not open")
+    for line in Path(f"/proc/self/fdinfo/{_fd_of(path)}").read_text().splitlines():
+        if line.startswith("flags:"):
+            return int(line.split()[1], 8)
+    raise AssertionError("no flags in fdinfo")
 
 
 def _write_all(path: Path, parts: list[bytes]) -> tuple[int, int]:
@@ -100,3 +99,103 @@ def test_byte_buffers_only(tmp_path: Path) -> None:
     finally:
         file.close()
     assert path.read_bytes() == b"y" * GIL_FREE_COPY_BYTES
+
+
+def test_exact_multiples_of_the_buffer_and_byte_arrays_across_it(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    parts = [bytes([1]) * (STAGING_BYTES - 10), bytearray(b"\2" * 20), b"\3" * (STAGING_BYTES - 10)]
+    file = DirectFile(path)
+    try:
+        for part in parts:
+            file.write(part)
+        file.sync()  # nothing left in the buffer: only the fsync
+    finally:
+        file.close()
+    assert path.stat().st_size == 2 * STAGING_BYTES
+    assert path.read_bytes() == b"".join(parts)
+
+
+class _FaultyWrites:
+    """Stands in for ``os.write`` on one descriptor: ``faults`` say what each call does first
+    (an errno to raise, or "short" to write half), then real writes."""
+
+    def __init__(self, faults: list[int | str]) -> None:
+        self.faults = faults
+        self.fd: int | None = None
+        self.real = os.write
+        self.flags_seen: list[int] = []
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        if fd != self.fd:
+            return self.real(fd, data)
+        self.flags_seen.append(fcntl.fcntl(fd, fcntl.F_GETFL))
+        fault = self.faults.pop(0) if self.faults else None
+        if fault == "short":
+            return self.real(fd, data[: len(data) // 2])
+        if isinstance(fault, int):
+            raise OSError(fault, os.strerror(fault))
+        return self.real(fd, data)
+
+
+def _write_with_faults(
+    path: Path, parts: list[bytes], faults: list[int | str], monkeypatch: pytest.MonkeyPatch
+) -> _FaultyWrites:
+    writes = _FaultyWrites(faults)
+    monkeypatch.setattr(directfile.os, "write", writes)
+    file = DirectFile(path)
+    writes.fd = _fd_of(path)
+    try:
+        for part in parts:
+            file.write(part)
+        file.sync()
+    finally:
+        file.close()
+    return writes
+
+
+def _fd_of(path: Path) -> int:
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                return int(fd)
+    raise AssertionError(f"{path} is not open")
+
+
+@pytest.mark.parametrize("fault", [errno.EINVAL, "short"])
+def test_a_refused_or_short_direct_write_goes_on_with_ordinary_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: int | str
+) -> None:
+    parts = _parts()
+    path = tmp_path / "f"
+    writes = _write_with_faults(path, parts, [fault], monkeypatch)
+    assert path.read_bytes() == b"".join(parts)
+    assert writes.flags_seen[0] & os.O_DIRECT  # the first write was direct, the next ones not
+    assert not any(flags & os.O_DIRECT for flags in writes.flags_seen[1:])
+
+
+def test_a_failed_write_fails_every_later_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _FaultyWrites([errno.ENOSPC])
+    monkeypatch.setattr(directfile.os, "write", writes)
+    path = tmp_path / "f"
+    file = DirectFile(path)
+    writes.fd = _fd_of(path)
+    try:
+        with pytest.raises(OSError, match="No space") as first:
+            file.write(b"a" * (STAGING_BYTES + 1))
+        for later in (lambda: file.write(b"b"), file.sync):
+            with pytest.raises(OSError) as again:
+                later()
+            assert again.value is first.value
+    finally:
+        file.close()
+    assert path.stat().st_size == 0  # nothing written twice, nothing after the failure
+
+
+def test_closed_is_closed(tmp_path: Path) -> None:
+    file = DirectFile(tmp_path / "f")
+    file.close()
+    file.close()
+    with pytest.raises(ValueError, match="closed"):
+        file.write(b"x" * GIL_FREE_COPY_BYTES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import subprocess
 import tarfile
 import unicodedata
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ldawt.daemon.packer import names
+from ldawt.daemon.packer.directfile import STAGING_BYTES
 from ldawt.daemon.packer.names import MAX_COMPONENT_BYTES, MemberNamer, safe_component
 from ldawt.daemon.packer.tarwriter import HeaderTemplate, TarWriter
 
@@ -111,8 +113,9 @@ def test_any_names_make_a_safe_tar(tmp_path_factory, pairs: list[tuple[str, str]
     assert len({m.casefold() for m in members}) == len(pairs)
 
 
-def test_writer_failure_leaves_no_partial(tmp_path: Path) -> None:
-    writer = TarWriter(tmp_path / "s.tar", compress=False)
+@pytest.mark.parametrize("compress", [False, True])
+def test_writer_failure_leaves_no_partial(tmp_path: Path, compress: bool) -> None:
+    writer = TarWriter(tmp_path / "s.tar", compress=compress)
     writer.add("ok.jpg", b"data")
     writer.add("bad.jpg", io.BytesIO(b"not bytes"))  # type: ignore[arg-type]
     try:
@@ -145,3 +148,20 @@ def test_member_headers_are_tarfiles_own(name: str, size: int) -> None:
     info.size, info.mtime, info.mode = size, 1_764_500_000, 0o644
     want = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     assert HeaderTemplate(1_764_500_000).header(name, size) == want
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_members_across_the_staging_buffer(tmp_path: Path, compress: bool) -> None:
+    """Members of several MiB in all (incompressible: the .tar.gz is as large), read back
+    whole by tarfile."""
+    rng = random.Random(3)
+    members = {f"m{i}.jpg": rng.randbytes(rng.randrange(1, 700_000)) for i in range(30)}
+    path = tmp_path / ("s.tar.gz" if compress else "s.tar")
+    writer = TarWriter(path, compress=compress)
+    for name, data in members.items():
+        writer.add(name, data)
+    writer.commit()
+    assert path.stat().st_size > STAGING_BYTES
+    with tarfile.open(path) as tar:
+        read = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    assert read == members

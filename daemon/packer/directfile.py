@@ -4,8 +4,13 @@ Buffered writes cost the writing thread a copy into the page cache, the kernel's
 per 4 KiB page (delayed allocation, buffer heads) and, at the shard's fsync, the writeback of
 every dirty page: 43-55 us per 113 KB member on these machines, and 225-340 us in runs that
 followed other large writes. Here members are copied into a 4 MiB staging buffer, written to
-the disk whole, aligned: 20-24 us per member, copy included, steady (bench/RESULTS.md). The page cache would gain nothing from the tar: nothing reads it back soon
-(an upload reads it once), and the commit's fsync no longer waits for gigabytes of dirty pages.
+the disk whole, aligned: 20-24 us per member, copy included, steady (bench/RESULTS.md). The
+page cache would gain nothing from the tar: nothing reads it back soon (an upload reads it
+once), and the commit's fsync no longer waits for gigabytes of dirty pages.
+
+Each flush is one synchronous write of the buffer: on slow storage the writer thread waits for
+the disk, its queue grows and the fetcher's byte budget holds the downloads back, as a full page
+cache would, only sooner.
 
 Where the filesystem refuses O_DIRECT (ramfs, some FUSE and network filesystems), or refuses a
 write, the file goes on with ordinary writes of the same buffer. The end of the file, shorter
@@ -22,19 +27,23 @@ import os
 from pathlib import Path
 
 STAGING_BYTES = 4 << 20
-"""Flushed whole, so every direct write is aligned for any filesystem. 1 MiB cost 33 us per
-member, 2 MiB 20-23, 4 MiB 21-23, 8 MiB 23 (bench/RESULTS.md)."""
+"""Flushed whole, so every direct write is aligned for any filesystem. 1 MiB cost 32-33 us per
+member, 2 MiB 20-23, 4 MiB 21-24, 8 MiB 23 (bench/RESULTS.md)."""
 
 GIL_FREE_COPY_BYTES = 16 << 10
-"""Parts at least this long are copied with the GIL released (``ctypes.memmove``), so the
-event loop's thread runs meanwhile; shorter ones (headers, padding) are not worth the hand-off."""
+"""``bytes`` at least this long are copied with the GIL released (``ctypes.memmove``), so the
+event loop's thread runs meanwhile; shorter parts (headers, padding) are not worth the hand-off."""
+
+NO_DIRECT_IO = (errno.EINVAL, errno.EOPNOTSUPP)
+"""What an open or a write with O_DIRECT fails with where the filesystem has no direct I/O."""
 
 
 class DirectFile:
     """Appends bytes to a new file at ``path`` (created or truncated, mode 0666 less umask).
 
-    Not thread-safe: one thread writes. ``sync`` writes what is buffered and fsyncs; ``close``
-    releases the file and the buffer (whatever is still buffered is lost) and must be called.
+    One thread writes. ``sync`` writes what is buffered and fsyncs; ``close`` releases the file
+    and the buffer (whatever is still buffered is lost) and must be called. After a failed
+    write every later ``write`` or ``sync`` raises that failure again.
     """
 
     def __init__(self, path: Path) -> None:
@@ -43,12 +52,13 @@ class DirectFile:
             self._fd = os.open(path, flags | os.O_DIRECT, 0o666)
             self._direct = True
         except OSError as exc:
-            if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no direct I/O
+            if exc.errno not in NO_DIRECT_IO:
                 raise
             self._fd = os.open(path, flags, 0o666)
             self._direct = False
         try:
-            self._buffer = mmap.mmap(-1, STAGING_BYTES)  # page-aligned, as O_DIRECT needs
+            # private anonymous pages: page-aligned, as O_DIRECT needs; not shared memory
+            self._buffer = mmap.mmap(-1, STAGING_BYTES, flags=mmap.MAP_PRIVATE)
         except BaseException:
             os.close(self._fd)
             raise
@@ -57,10 +67,12 @@ class DirectFile:
         self._address = ctypes.addressof(anchor)
         del anchor  # the address stays valid while the buffer is open; the export must go
         self._fill = 0
+        self._failure: BaseException | None = None
 
     def write(self, data: bytes | bytearray) -> None:
-        """Append ``data`` (a flat byte buffer; TypeError for other objects)."""
-        view = memoryview(data)
+        """Append ``data`` (a byte buffer; TypeError for other objects)."""
+        self._check()
+        view = memoryview(data).cast("B")
         size = view.nbytes
         source = _address(data) if type(data) is bytes and size >= GIL_FREE_COPY_BYTES else None
         done = 0
@@ -77,19 +89,37 @@ class DirectFile:
 
     def sync(self) -> None:
         """Write what is buffered, then make the file durable (fsync)."""
+        self._check()
         if self._fill:
             self._buffered()  # the tail is not a whole aligned block
             self._flush()
         os.fsync(self._fd)
 
     def close(self) -> None:
+        """Release the file and the buffer; again: nothing."""
+        if self._buffer.closed:
+            return
         try:
             os.close(self._fd)
         finally:
             self._view.release()
             self._buffer.close()
 
+    def _check(self) -> None:
+        if self._buffer.closed:
+            raise ValueError("write to a closed DirectFile")
+        if self._failure is not None:
+            raise self._failure
+
     def _flush(self) -> None:
+        try:
+            self._write_buffer()
+        except BaseException as exc:
+            self._failure = exc  # the file's end is unknown now: no write may follow
+            raise
+        self._fill = 0
+
+    def _write_buffer(self) -> None:
         done = 0
         while done < self._fill:
             # released even on a failure: a view left in a traceback would keep the buffer open
@@ -97,20 +127,20 @@ class DirectFile:
                 try:
                     written = os.write(self._fd, pending)
                 except OSError as exc:
-                    if exc.errno != errno.EINVAL or not self._direct:
+                    if exc.errno not in NO_DIRECT_IO or not self._direct:
                         raise
                     self._buffered()  # the filesystem took the flag but refuses this write
                     continue
+            if written == 0:
+                raise OSError(errno.EIO, "the file took no byte")
             if done + written < self._fill:  # rare on a regular file; the offset is unaligned
                 self._buffered()
             done += written
-        self._fill = 0
 
     def _buffered(self) -> None:
         if self._direct:
-            fcntl.fcntl(
-                self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT
-            )
+            flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
             self._direct = False
 
 

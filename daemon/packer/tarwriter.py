@@ -29,11 +29,12 @@ class TarWriter:
     """A tar being written by a background thread; ``commit`` or ``abort`` must end it.
 
     Headers are those of ``tarfile.TarInfo`` (PAX format); header, body and padding go into
-    the staging buffer of a ``DirectFile`` (written around the page cache), the body copied with
-    the GIL released. ``TarFile.addfile`` would copy the body in 16 KiB writes, and each write
-    gives the GIL away to the busy event loop thread for up to a switch interval, which made the
-    writer fall behind the downloads. The writer does not hash members: ``sha256`` comes with
-    the row (see ``shard._store``).
+    the staging buffer of a ``DirectFile`` (written around the page cache), bodies of 16 KiB or
+    more copied with the GIL released (in a .tar.gz, zlib's output instead).
+    ``TarFile.addfile`` would copy the body in 16 KiB writes, and each write gives the GIL away
+    to the busy event loop thread for up to a switch interval, which made the writer fall
+    behind the downloads. The writer does not hash members: ``sha256`` comes with the row (see
+    ``shard._store``).
     """
 
     def __init__(self, final_path: Path, compress: bool) -> None:
@@ -41,18 +42,23 @@ class TarWriter:
         self.partial_path = partial_path(final_path)
         # The file stays open across calls; the writer thread closes it.
         self._file = DirectFile(self.partial_path)
-        # Images do not shrink under gzip; level 1 keeps the .tar.gz format at little CPU cost.
-        self._gzip = (
-            gzip.GzipFile(fileobj=self._file, mode="wb", compresslevel=1) if compress else None
-        )
-        self._offset = 0
-        self._mtime = int(time.time())
-        self._headers = HeaderTemplate(self._mtime)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self.members = 0
-        self._thread = threading.Thread(target=self._run, name=f"tar:{final_path.name}")
-        self._thread.start()
+        try:
+            # Images do not shrink under gzip; level 1 keeps the .tar.gz format at little CPU.
+            self._gzip = (
+                gzip.GzipFile(fileobj=self._file, mode="wb", compresslevel=1) if compress else None
+            )
+            self._offset = 0
+            self._mtime = int(time.time())
+            self._headers = HeaderTemplate(self._mtime)
+            self._queue: queue.SimpleQueue = queue.SimpleQueue()
+            self._error: BaseException | None = None
+            self.members = 0
+            self._thread = threading.Thread(target=self._run, name=f"tar:{final_path.name}")
+            self._thread.start()
+        except BaseException:  # no thread to close the file: close it and leave no partial
+            self._file.close()
+            self._remove_partial()
+            raise
 
     def add(self, name: str, data: bytes, done: Done | None = None) -> None:
         """Queue one member. ``done`` is called from the writer thread once the writer is done
@@ -107,22 +113,26 @@ class TarWriter:
             self._offset += len(part)
 
     def _close_file(self) -> None:
-        """End the archive and close the file, keeping the first error: on a full disk, closing
-        fails too, and nothing may escape the writer thread."""
+        """End the archive, make it durable and close the file, keeping the first error: on a
+        full disk each step fails too, and nothing may escape the writer thread."""
+        if self._error is None:
+            self._attempt(self._end_archive)
+        if self._gzip is not None:  # here in any case, not later by the garbage collector
+            self._attempt(self._gzip.close)
+        if self._error is None:  # a failed tar is deleted: no fsync for it
+            self._attempt(self._file.sync)
+        self._attempt(self._file.close)
+
+    def _end_archive(self) -> None:
+        # two zero blocks end the archive; tar pads the whole to a 10 KiB record
+        end = 2 * tarfile.BLOCKSIZE
+        end += -(self._offset + end) % tarfile.RECORDSIZE
+        self._emit([bytes(end)])
+
+    def _attempt(self, step: Callable[[], None]) -> None:
         try:
-            if self._error is None:
-                # two zero blocks end the archive; tar pads the whole to a 10 KiB record
-                end = 2 * tarfile.BLOCKSIZE
-                end += -(self._offset + end) % tarfile.RECORDSIZE
-                self._emit([bytes(end)])
-            if self._gzip is not None:
-                self._gzip.close()
-            self._file.sync()
+            step()
         except BaseException as exc:
-            self._error = self._error or exc
-        try:
-            self._file.close()
-        except OSError as exc:
             self._error = self._error or exc
 
 
