@@ -5,10 +5,10 @@
 * ``direct`` - ldawt's ``DirectFile`` (``daemon/packer/directfile.py``): members copied into
   a 4 MiB staging buffer written with O_DIRECT, then fsync.
 
-Each run writes ``--images`` bench corpus images (cycled) as one tar in a fresh child process
-(its rusage is the figure: user + system CPU per member, fsync included), and deletes it. The
-paths take turns, ``--repeat`` rounds; the median and the range are printed. The file lands in
-``--work``/writer, on the disk the bench writes its outputs to.
+Each run writes ``--images`` images of a bench corpus (``--corpus``, cycled) as one tar in a
+fresh child process (its rusage is the figure: user + system CPU per member, fsync included),
+and deletes it. The paths take turns, ``--repeat`` rounds; the median and the range are
+printed. The file lands in ``--work``/writer, on the disk the bench writes its outputs to.
 
     .venv/bin/python bench/write_path.py [--images 20000] [--repeat 3]   # needs ldawt importable
 """
@@ -57,8 +57,7 @@ def _write(path_kind: str, target: Path, members: list[tuple[bytes, bytes, bytes
     file = DirectFile(target)
     try:
         for parts in members:
-            for part in parts:
-                file.write(part)
+            file.writev(list(parts))
         file.sync()
     finally:
         file.close()
@@ -81,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=BENCH_DIR / ".work")
+    ap.add_argument(
+        "--corpus", default="corpus", help="corpus folder under --work (corpus-small: ~40 KB)"
+    )
     ap.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    corpus, target = args.work / "corpus" / "img", args.work / "writer" / "members.tar"
+    corpus, target = args.work / args.corpus / "img", args.work / "writer" / "members.tar"
     if args.child:
         _child(args.child, target, corpus, args.images)
         return 0
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat):
         for kind in PATHS:
             command = [sys.executable, __file__, "--child", kind, "--images", str(args.images)]
-            command += ["--work", str(args.work)]
+            command += ["--work", str(args.work), "--corpus", args.corpus]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 print(f"{kind}: {done.stderr.strip()[-400:]}", file=sys.stderr)

@@ -37,15 +37,21 @@ def _open_flags(path: Path) -> int:
 
 
 def _write_all(path: Path, parts: list[bytes]) -> tuple[int, int]:
-    """Write ``parts`` from another thread (as the tar writer does); the open flags seen
-    after the first part and after the last one."""
+    """Write ``parts`` from another thread (as the tar writer does), by threes through
+    ``writev`` and one by one through ``write`` in turn; the open flags seen after the first
+    call and after the last one."""
     file = DirectFile(path)
     seen: list[int] = []
 
     def write() -> None:
-        for index, part in enumerate(parts):
-            file.write(part)
-            if index in (0, len(parts) - 1):
+        for start in range(0, len(parts), 3):
+            group = parts[start : start + 3]
+            if start % 2:
+                file.writev(group)
+            else:
+                for part in group:
+                    file.write(part)
+            if start == 0 or start + 3 >= len(parts):
                 seen.append(_open_flags(path))
         file.sync()
 

@@ -2,11 +2,12 @@
 
 Buffered writes cost the writing thread a copy into the page cache, the kernel's bookkeeping
 per 4 KiB page (delayed allocation, buffer heads) and, at the shard's fsync, the writeback of
-every dirty page: 43-55 us per 113 KB member on these machines, and 225-340 us in runs that
-followed other large writes. Here members are copied into a 4 MiB staging buffer, written to
-the disk whole, aligned: 20-24 us per member, copy included, steady (bench/RESULTS.md). The
-page cache would gain nothing from the tar: nothing reads it back soon (an upload reads it
-once), and the commit's fsync no longer waits for gigabytes of dirty pages.
+every dirty page: 48-50 us per member of the bench's corpus (134 KB on average), 19-24 us per
+40 KB member, and several times that in some runs on a page cache busy with earlier writes.
+Here members are copied into a 4 MiB staging buffer, written to the disk whole, aligned: 28-29
+and 10-12 us, copy included (``bench/write_path.py``, bench/RESULTS.md). The page cache would
+gain nothing from the tar: nothing reads it back soon (an upload reads it once), and the
+commit's fsync no longer waits for gigabytes of dirty pages.
 
 Each flush is one synchronous write of the buffer: on slow storage the writer thread waits for
 the disk, its queue grows and the fetcher's byte budget holds the downloads back, as a full page
@@ -27,8 +28,8 @@ import os
 from pathlib import Path
 
 STAGING_BYTES = 4 << 20
-"""Flushed whole, so every direct write is aligned for any filesystem. 1 MiB cost 32-33 us per
-member, 2 MiB 20-23, 4 MiB 21-24, 8 MiB 23 (bench/RESULTS.md)."""
+"""Flushed whole, so every direct write is aligned for any filesystem. Per member, 1 MiB cost
+about 10 us more than 2, 4 or 8 MiB, which cost the same (bench/RESULTS.md)."""
 
 GIL_FREE_COPY_BYTES = 16 << 10
 """``bytes`` at least this long are copied with the GIL released (``ctypes.memmove``), so the
@@ -72,6 +73,23 @@ class DirectFile:
     def write(self, data: bytes | bytearray) -> None:
         """Append ``data`` (a byte buffer; TypeError for other objects)."""
         self._check()
+        self._put(data)
+
+    def writev(self, parts: list[bytes]) -> None:
+        """Append each of ``parts`` in turn (one call per tar member)."""
+        self._check()
+        for part in parts:
+            self._put(part)
+
+    def _put(self, data: bytes | bytearray) -> None:
+        fill = self._fill
+        if type(data) is bytes and len(data) < STAGING_BYTES - fill:  # the common case
+            if len(data) >= GIL_FREE_COPY_BYTES:
+                ctypes.memmove(self._address + fill, data, len(data))
+            else:
+                self._view[fill : fill + len(data)] = data
+            self._fill = fill + len(data)
+            return
         view = memoryview(data).cast("B")
         size = view.nbytes
         source = _address(data) if type(data) is bytes and size >= GIL_FREE_COPY_BYTES else None

@@ -107,10 +107,12 @@ class TarWriter:
         self._emit([header, data, _ZEROS[: -len(data) % tarfile.BLOCKSIZE]])
 
     def _emit(self, parts: list[bytes]) -> None:
-        out = self._gzip if self._gzip is not None else self._file
-        for part in parts:
-            out.write(part)
-            self._offset += len(part)
+        if self._gzip is None:
+            self._file.writev(parts)
+        else:
+            for part in parts:
+                self._gzip.write(part)
+        self._offset += sum(len(part) for part in parts)
 
     def _close_file(self) -> None:
         """End the archive, make it durable and close the file, keeping the first error: on a
