@@ -3,7 +3,7 @@
 * ``writev`` - one ``os.writev`` of header, body and padding per member into an ordinary
   (buffered) file, then fsync: ldawt's tar writer before commit eb1ee67;
 * ``direct`` - ldawt's ``DirectFile`` (``daemon/packer/directfile.py``): members copied into
-  a 4 MiB staging buffer written with O_DIRECT, then fsync.
+  a staging buffer (4 MiB; ``--staging-kib``) written with O_DIRECT, then fsync.
 
 Each run writes ``--images`` images of a bench corpus (``--corpus``, cycled) as one tar in a
 fresh child process (its rusage is the figure: user + system CPU per member, fsync included),
@@ -25,6 +25,8 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+from ldawt.daemon.packer import directfile
 
 BENCH_DIR = Path(__file__).resolve().parent
 PATHS = ("writev", "direct")
@@ -52,9 +54,7 @@ def _write(path_kind: str, target: Path, members: list[tuple[bytes, bytes, bytes
         finally:
             os.close(fd)
         return
-    from ldawt.daemon.packer.directfile import DirectFile
-
-    file = DirectFile(target)
+    file = directfile.DirectFile(target)
     try:
         for parts in members:
             file.writev(list(parts))
@@ -63,7 +63,8 @@ def _write(path_kind: str, target: Path, members: list[tuple[bytes, bytes, bytes
         file.close()
 
 
-def _child(path_kind: str, target: Path, corpus: Path, count: int) -> None:
+def _child(path_kind: str, target: Path, corpus: Path, count: int, staging_kib: int) -> None:
+    directfile.STAGING_BYTES = staging_kib << 10  # read by DirectFile at each call
     images = [p.read_bytes() for p in sorted(corpus.glob("*.jpg"))]
     members = _members(images, count)
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -83,11 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--corpus", default="corpus", help="corpus folder under --work (corpus-small: ~40 KB)"
     )
+    ap.add_argument(
+        "--staging-kib",
+        type=int,
+        default=directfile.STAGING_BYTES >> 10,
+        help="the direct path's staging buffer, KiB (a multiple of 4)",
+    )
     ap.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     corpus, target = args.work / args.corpus / "img", args.work / "writer" / "members.tar"
     if args.child:
-        _child(args.child, target, corpus, args.images)
+        _child(args.child, target, corpus, args.images, args.staging_kib)
         return 0
     if not any(corpus.glob("*.jpg")):
         print(f"no corpus in {corpus}: run bench/run.py once first", file=sys.stderr)
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in PATHS:
             command = [sys.executable, __file__, "--child", kind, "--images", str(args.images)]
             command += ["--work", str(args.work), "--corpus", args.corpus]
+            command += ["--staging-kib", str(args.staging_kib)]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 print(f"{kind}: {done.stderr.strip()[-400:]}", file=sys.stderr)

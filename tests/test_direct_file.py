@@ -17,6 +17,7 @@ from manager_support import mounted_filesystem
 
 from ldawt.daemon.packer import directfile
 from ldawt.daemon.packer.directfile import GIL_FREE_COPY_BYTES, STAGING_BYTES, DirectFile
+from ldawt.daemon.packer.tarwriter import TarWriter
 
 
 def _parts() -> list[bytes]:
@@ -114,7 +115,8 @@ def test_exact_multiples_of_the_buffer_and_byte_arrays_across_it(tmp_path: Path)
     try:
         for part in parts:
             file.write(part)
-        file.sync()  # nothing left in the buffer: only the fsync
+        assert path.stat().st_size == 2 * STAGING_BYTES  # both flushed: the buffer is empty
+        file.sync()
     finally:
         file.close()
     assert path.stat().st_size == 2 * STAGING_BYTES
@@ -205,3 +207,57 @@ def test_closed_is_closed(tmp_path: Path) -> None:
     file.close()
     with pytest.raises(ValueError, match="closed"):
         file.write(b"x" * GIL_FREE_COPY_BYTES)
+
+
+class _Fsyncs:
+    """Stands in for ``os.fsync``: records the descriptors it is called with, then fsyncs."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.fds.append(fd)
+        self.real(fd)
+
+
+def test_a_failed_gzip_tar_is_closed_unsynced_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gzip stream over a file whose write failed: commit reports the failure, the
+    stream is closed in the writer thread, nothing is fsynced, no partial is left."""
+    writes, fsyncs = _FaultyWrites([errno.ENOSPC]), _Fsyncs()
+    monkeypatch.setattr(directfile.os, "write", writes)
+    monkeypatch.setattr(directfile.os, "fsync", fsyncs)
+    writer = TarWriter(tmp_path / "s.tar.gz", compress=True)
+    writes.fd = _fd_of(writer.partial_path)
+    rng = random.Random(9)
+    for index in range(12):  # incompressible, more than the staging buffer
+        writer.add(f"m{index}.jpg", rng.randbytes(700_000))
+    with pytest.raises(OSError, match="No space"):
+        writer.commit()
+    assert writes.fd not in fsyncs.fds
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_aborted_tar_is_not_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fsyncs = _Fsyncs()
+    monkeypatch.setattr(directfile.os, "fsync", fsyncs)
+    writer = TarWriter(tmp_path / "s.tar", compress=False)
+    fd = _fd_of(writer.partial_path)
+    writer.add("a.jpg", b"a" * 100_000)
+    writer.abort()
+    assert fd not in fsyncs.fds
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_that_cannot_start_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_memory(*_args: object, **_kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(directfile.mmap, "mmap", no_memory)
+    with pytest.raises(MemoryError):
+        TarWriter(tmp_path / "s.tar", compress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,8 @@
 Buffered writes cost the writing thread a copy into the page cache, the kernel's bookkeeping
 per 4 KiB page (delayed allocation, buffer heads) and, at the shard's fsync, the writeback of
 every dirty page: 48-50 us per member of the bench's corpus (134 KB on average), 19-24 us per
-40 KB member, and several times that in some runs on a page cache busy with earlier writes.
+member of the small-image corpus (46 KB on average), and several times that in some runs on a
+page cache busy with earlier writes.
 Here members are copied into a 4 MiB staging buffer, written to the disk whole, aligned: 28-29
 and 10-12 us, copy included (``bench/write_path.py``, bench/RESULTS.md). The page cache would
 gain nothing from the tar: nothing reads it back soon (an upload reads it once), and the
@@ -28,12 +29,16 @@ import os
 from pathlib import Path
 
 STAGING_BYTES = 4 << 20
-"""Flushed whole, so every direct write is aligned for any filesystem. Per member, 1 MiB cost
-about 10 us more than 2, 4 or 8 MiB, which cost the same (bench/RESULTS.md)."""
+"""Flushed whole, so every direct write is aligned for any filesystem. CPU per member of the
+bench's corpus: 1 MiB 28 us, 2 MiB 25, 4 MiB 23, 8 MiB 22 (``bench/write_path.py
+--staging-kib``, bench/RESULTS.md): 4 MiB keeps most of the gain at half 8's memory."""
 
 GIL_FREE_COPY_BYTES = 16 << 10
 """``bytes`` at least this long are copied with the GIL released (``ctypes.memmove``), so the
 event loop's thread runs meanwhile; shorter parts (headers, padding) are not worth the hand-off."""
+
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+"""Linux's flag; 0 where the platform has none (macOS): ordinary writes there."""
 
 NO_DIRECT_IO = (errno.EINVAL, errno.EOPNOTSUPP)
 """What an open or a write with O_DIRECT fails with where the filesystem has no direct I/O."""
@@ -48,20 +53,13 @@ class DirectFile:
     """
 
     def __init__(self, path: Path) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        # private anonymous pages: page-aligned, as O_DIRECT needs; not shared memory. Mapped
+        # first: a failure leaves no file behind.
+        self._buffer = mmap.mmap(-1, STAGING_BYTES, flags=mmap.MAP_PRIVATE)
         try:
-            self._fd = os.open(path, flags | os.O_DIRECT, 0o666)
-            self._direct = True
-        except OSError as exc:
-            if exc.errno not in NO_DIRECT_IO:
-                raise
-            self._fd = os.open(path, flags, 0o666)
-            self._direct = False
-        try:
-            # private anonymous pages: page-aligned, as O_DIRECT needs; not shared memory
-            self._buffer = mmap.mmap(-1, STAGING_BYTES, flags=mmap.MAP_PRIVATE)
+            self._fd, self._direct = _open(path)
         except BaseException:
-            os.close(self._fd)
+            self._buffer.close()
             raise
         self._view = memoryview(self._buffer)
         anchor = ctypes.c_char.from_buffer(self._buffer)
@@ -111,20 +109,25 @@ class DirectFile:
         if self._fill:
             self._buffered()  # the tail is not a whole aligned block
             self._flush()
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except BaseException as exc:
+            self._failure = exc
+            raise
 
     def close(self) -> None:
         """Release the file and the buffer; again: nothing."""
-        if self._buffer.closed:
+        if self._fd < 0:
             return
+        fd, self._fd = self._fd, -1
         try:
-            os.close(self._fd)
+            os.close(fd)
         finally:
             self._view.release()
             self._buffer.close()
 
     def _check(self) -> None:
-        if self._buffer.closed:
+        if self._fd < 0:
             raise ValueError("write to a closed DirectFile")
         if self._failure is not None:
             raise self._failure
@@ -158,8 +161,20 @@ class DirectFile:
     def _buffered(self) -> None:
         if self._direct:
             flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~O_DIRECT)
             self._direct = False
+
+
+def _open(path: Path) -> tuple[int, bool]:
+    """The new file's descriptor, and whether it is open for direct I/O."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    if O_DIRECT:
+        try:
+            return os.open(path, flags | O_DIRECT, 0o666), True
+        except OSError as exc:
+            if exc.errno not in NO_DIRECT_IO:
+                raise
+    return os.open(path, flags, 0o666), False
 
 
 def _address(data: bytes) -> int:

@@ -52,6 +52,7 @@ class TarWriter:
             self._headers = HeaderTemplate(self._mtime)
             self._queue: queue.SimpleQueue = queue.SimpleQueue()
             self._error: BaseException | None = None
+            self._abandoned = False
             self.members = 0
             self._thread = threading.Thread(target=self._run, name=f"tar:{final_path.name}")
             self._thread.start()
@@ -77,6 +78,7 @@ class TarWriter:
 
     def abort(self) -> None:
         """Stop writing and delete the partial file (blocking)."""
+        self._abandoned = True  # read by the writer thread after the stop below
         self._finish()
         self._remove_partial()
 
@@ -117,11 +119,11 @@ class TarWriter:
     def _close_file(self) -> None:
         """End the archive, make it durable and close the file, keeping the first error: on a
         full disk each step fails too, and nothing may escape the writer thread."""
-        if self._error is None:
+        if self._error is None and not self._abandoned:
             self._attempt(self._end_archive)
         if self._gzip is not None:  # here in any case, not later by the garbage collector
             self._attempt(self._gzip.close)
-        if self._error is None:  # a failed tar is deleted: no fsync for it
+        if self._error is None and not self._abandoned:  # a tar to delete needs no fsync
             self._attempt(self._file.sync)
         self._attempt(self._file.close)
 
