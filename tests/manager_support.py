@@ -195,7 +195,40 @@ def mounted_filesystem(folder: Path, fstype: str, options: str) -> Iterator[Path
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        _unmount(folder)
+
+
+UNMOUNT_TRIES = 20
+UNMOUNT_PAUSE_S = 0.25
+
+
+def _unmount(folder: Path) -> None:
+    """Unmount ``folder``, waiting a few seconds for whatever still uses it to let go (a
+    thread or process of the test on its way out). Still busy after that: detached anyway (no
+    mount left behind) and reported with the processes that hold it."""
+    for _ in range(UNMOUNT_TRIES):
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode == 0:
+            return
+        time.sleep(UNMOUNT_PAUSE_S)
+    holders = _holders(folder)
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
+    pytest.fail(f"{folder} stayed busy; held by {holders or 'no open file or cwd found'}")
+
+
+def _holders(folder: Path) -> list[str]:
+    """The processes (pid: command) with a working directory or an open file under ``folder``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = [proc / "cwd", *(proc / "fd").iterdir()]
+            if any(str(link.readlink()).startswith(str(folder)) for link in links):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append(f"{proc.name}: {command.strip()[:200]}")
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
 
 
 def plan_source(
