@@ -269,11 +269,11 @@ async def _store(
                 pixels, _image_stage, body, spec.transform, expected
             )
         else:  # originals as they are: the header alone, microseconds, and the hash
-            # Hashed here, not by the tar writer's thread: when the loop keeps a core busy, a
+            # On the loop, not by the tar writer's thread: when the loop keeps a core busy, a
             # writer thread taking the GIL back after each hash cost the process about 15% more
             # CPU per image (bench/RESULTS.md); here the bytes are also still in the CPU cache.
             # Larger bodies go to the pixel threads: the loop would stop for milliseconds.
-            image, sha256 = transform(body, spec.transform), hashlib.sha256(body).hexdigest()
+            image, sha256 = _image_stage(body, spec.transform, None)
     except BaseException:
         fetcher.release(download)
         raise
@@ -298,8 +298,9 @@ async def _store(
 def _image_stage(
     body: bytes, options: TransformOptions, expected: str | None
 ) -> tuple[TransformResult, str]:
-    """Off the loop: the expected-hash check, then the transform. Returns the result and the
-    downloaded bytes' sha256 (the manifest's ``sha256`` is always theirs)."""
+    """The expected-hash check, then the transform (off the loop unless both are cheap).
+    Returns the result and, for an image to store, the downloaded bytes' sha256 (the
+    manifest's ``sha256`` is always theirs)."""
     if expected:
         mismatch = hash_mismatch(body, expected)
         if mismatch is not None:
