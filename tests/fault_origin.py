@@ -21,6 +21,7 @@ PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 64
 OPTOUT_BYTES = 1_000_000
 OPTOUT_CHUNK = 16_384
 STALL_SECONDS = 30  # bounded: the server gives up on a stalled client eventually
+DRIP_SECONDS = 20  # /drip: a body that keeps coming, a little at a time, for this long
 
 
 class FaultOrigin:
@@ -168,6 +169,15 @@ class FaultOrigin:
             await response.prepare(request)
             await response.write(self.body("stall")[:1000])
             await asyncio.sleep(STALL_SECONDS)
+            return response
+        if kind == "drip":  # never silent for long, done only after DRIP_SECONDS
+            response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+            drops = int(DRIP_SECONDS / 0.2)
+            response.content_length = 1000 * drops
+            await response.prepare(request)
+            for _ in range(drops):
+                await response.write(b"\0" * 1000)
+                await asyncio.sleep(0.2)
             return response
         if kind == "huge":  # /huge/<cl|chunked>: more bytes than the test's max_bytes
             big = self.body("huge", 400_000)

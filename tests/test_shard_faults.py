@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from fault_origin import PNG_HEADER, FaultOrigin
+from fault_origin import DRIP_SECONDS, PNG_HEADER, FaultOrigin
 from shard_input import write_shard_input
 
 from ldawt.daemon import metrics
@@ -249,6 +249,17 @@ def test_host_rate_limit(tmp_path: Path, origin: tuple[FaultOrigin, str]) -> Non
     assert result["counts"] == {"ok": 10}
     # a burst of 5 tokens, then 5 more at 5/s: at least ~0.8 s whatever the machine's speed
     assert result["elapsed_s"] >= 0.75
+
+
+def test_total_timeout_ends_a_body_that_keeps_coming(
+    tmp_path: Path, origin: tuple[FaultOrigin, str]
+) -> None:
+    _, base = origin
+    urls = [f"{base}/drip", f"{base}/img/a.jpg"]
+    result, manifest = run_rows(tmp_path, urls, fetch={"total_timeout": 1.0, "retries": 0})
+    assert [row["status"] for row in manifest] == ["timeout", "ok"]
+    assert manifest[0]["error"] == "TimeoutError: took longer than 1 s (--timeout)"
+    assert result["elapsed_s"] < DRIP_SECONDS / 2  # the request was ended, not the body
 
 
 def test_deadline_cancels_unfinished_rows_and_still_commits(

@@ -15,6 +15,7 @@ from .. import metrics
 from ..contract import Status, status_for_http
 from . import errors
 from .budget import ByteBudget
+from .deadlines import Deadlines
 from .errors import FetchFailure
 from .guard import host_refusal
 from .options import AGENT_TOKEN, FetchOptions
@@ -76,6 +77,7 @@ class Fetcher:
         self._session = open_session(options, self._hosts.in_use)
         self.budget = ByteBudget(options.max_buffered_bytes)
         self._robots = RobotsCache()
+        self._deadlines = Deadlines()
 
     async def close(self) -> None:
         await self._session.close()
@@ -133,7 +135,7 @@ class Fetcher:
             metrics.IN_FLIGHT.inc()
             started = time.monotonic()
             try:
-                async with asyncio.timeout(options.total_timeout):
+                with self._deadlines.limit(options.total_timeout):
                     await self._follow(url, options, download)
             finally:
                 metrics.IN_FLIGHT.dec()
@@ -193,7 +195,7 @@ class Fetcher:
         RFC 9309 for failures: 4xx -> all allowed, 5xx or unreachable -> all disallowed."""
         try:
             async with self._hosts.slot(url.raw_host or ""), self._slots:
-                async with asyncio.timeout(options.total_timeout):
+                with self._deadlines.limit(options.total_timeout):
                     return await self._read_robots(robots_url(url), options)
         except Exception as exc:
             failure = errors.classify_exception(exc)
