@@ -16,14 +16,14 @@ import pytest
 from manager_support import mounted_filesystem
 
 from ldawt.daemon.packer import directfile
-from ldawt.daemon.packer.directfile import GIL_FREE_COPY_BYTES, STAGING_BYTES, DirectFile
+from ldawt.daemon.packer.directfile import STAGING_BYTES, DirectFile
 from ldawt.daemon.packer.tarwriter import TarWriter
 
 
 def _parts() -> list[bytes]:
     """Short and long parts, one longer than the staging buffer, ending off any alignment."""
     rng = random.Random(5)
-    sizes = [512, 113_000, 1, GIL_FREE_COPY_BYTES - 1, GIL_FREE_COPY_BYTES]
+    sizes = [512, 113_000, 1, 16_384 - 1, 16_384]
     sizes += [STAGING_BYTES - 700, STAGING_BYTES + 3_333, 40_000, 0, 7]
     sizes += [rng.randrange(1, 300_000) for _ in range(30)]
     return [rng.randbytes(size) for size in sizes]
@@ -99,13 +99,13 @@ def test_byte_buffers_only(tmp_path: Path) -> None:
     path = tmp_path / "f"
     file = DirectFile(path)
     try:
-        file.write(bytearray(b"y" * GIL_FREE_COPY_BYTES))
+        file.write(bytearray(b"y" * 16_384))
         with pytest.raises(TypeError):
             file.write(io.BytesIO(b"z"))  # type: ignore[arg-type]
         file.sync()
     finally:
         file.close()
-    assert path.read_bytes() == b"y" * GIL_FREE_COPY_BYTES
+    assert path.read_bytes() == b"y" * 16_384
 
 
 def test_exact_multiples_of_the_buffer_and_byte_arrays_across_it(tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_closed_is_closed(tmp_path: Path) -> None:
     file.close()
     file.close()
     with pytest.raises(ValueError, match="closed"):
-        file.write(b"x" * GIL_FREE_COPY_BYTES)
+        file.write(b"x" * 16_384)
 
 
 class _Fsyncs:

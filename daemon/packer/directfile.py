@@ -21,7 +21,6 @@ than the buffer and not aligned, is always an ordinary write.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import mmap
@@ -32,10 +31,6 @@ STAGING_BYTES = 4 << 20
 """Flushed whole, so every direct write is aligned for any filesystem. CPU per member of the
 bench's corpus: 1 MiB 28 us, 2 MiB 25, 4 MiB 23, 8 MiB 22 (``bench/write_path.py
 --staging-kib``, bench/RESULTS.md): 4 MiB keeps most of the gain at half 8's memory."""
-
-GIL_FREE_COPY_BYTES = 16 << 10
-"""``bytes`` at least this long are copied with the GIL released (``ctypes.memmove``), so the
-event loop's thread runs meanwhile; shorter parts (headers, padding) are not worth the hand-off."""
 
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 """Linux's flag; 0 where the platform has none (macOS): ordinary writes there."""
@@ -62,9 +57,6 @@ class DirectFile:
             self._buffer.close()
             raise
         self._view = memoryview(self._buffer)
-        anchor = ctypes.c_char.from_buffer(self._buffer)
-        self._address = ctypes.addressof(anchor)
-        del anchor  # the address stays valid while the buffer is open; the export must go
         self._fill = 0
         self._failure: BaseException | None = None
 
@@ -80,24 +72,19 @@ class DirectFile:
             self._put(part)
 
     def _put(self, data: bytes | bytearray) -> None:
+        # Copied holding the GIL: releasing it for each body let the event loop's thread take
+        # it, and the writer then waited for it back once per member (bench/RESULTS.md).
         fill = self._fill
         if type(data) is bytes and len(data) < STAGING_BYTES - fill:  # the common case
-            if len(data) >= GIL_FREE_COPY_BYTES:
-                ctypes.memmove(self._address + fill, data, len(data))
-            else:
-                self._view[fill : fill + len(data)] = data
+            self._view[fill : fill + len(data)] = data
             self._fill = fill + len(data)
             return
         view = memoryview(data).cast("B")
         size = view.nbytes
-        source = _address(data) if type(data) is bytes and size >= GIL_FREE_COPY_BYTES else None
         done = 0
         while done < size:
             take = min(size - done, STAGING_BYTES - self._fill)
-            if source is not None:
-                ctypes.memmove(self._address + self._fill, source + done, take)
-            else:
-                self._view[self._fill : self._fill + take] = view[done : done + take]
+            self._view[self._fill : self._fill + take] = view[done : done + take]
             self._fill += take
             done += take
             if self._fill == STAGING_BYTES:
@@ -175,10 +162,3 @@ def _open(path: Path) -> tuple[int, bool]:
             if exc.errno not in NO_DIRECT_IO:
                 raise
     return os.open(path, flags, 0o666), False
-
-
-def _address(data: bytes) -> int:
-    """Where the bytes object's contents are (no copy)."""
-    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-    assert address is not None
-    return address
