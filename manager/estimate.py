@@ -48,16 +48,18 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ldawt.daemon.contract import FetchOptions, Status
-from ldawt.daemon.fetcher.probe import Probe, probe_urls
 
 from .argtypes import at_least
 from .console import LOG_INTERVAL_S
+
+if TYPE_CHECKING:
+    from ldawt.daemon.fetcher.probe import Probe
 from .errors import InputError
 from .formats import InputSource
 from .hosts import hosts_of
@@ -543,6 +545,9 @@ def estimate(request: EstimateRequest) -> dict[str, Any]:
         f"estimate: probing {len(urls):,} of {_count(counts.rows, 'row')} in "
         f"{_count(len(strata), 'stratum', 'strata')} (headers only)"
     )
+    # here: the prober's aiohttp would cost every other command, submit among them, 0.2 s
+    from ldawt.daemon.fetcher.probe import probe_urls
+
     started = time.monotonic()
     probes = probe_urls(urls, request.fetch, _progress(len(urls)))
     seconds = time.monotonic() - started

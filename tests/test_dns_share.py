@@ -1,4 +1,4 @@
-"""The manager's shared DNS cache (``daemon/fetcher/dnsshare.py``) seen from a worker process:
+"""The local engine's shared DNS cache (``daemon/fetcher/dnsshare.py``) seen from a worker process:
 lookup failures cross the socket as the same exception with the same errno, and a worker whose
 server is gone resolves by itself. The whole path, two worker processes against a real DNS
 server, is ``test_many_hosts_dns.py``."""

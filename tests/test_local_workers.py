@@ -71,3 +71,35 @@ def test_a_second_run_of_the_job_keeps_its_own_forkserver(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert "left running" not in done.stderr
     assert done.stderr.count("worker processes fork from the forkserver") == 2, done.stderr
+
+
+# A job run through the API, then what this process imported and which children it kept.
+MANAGER_IMPORTS = """
+import sys
+import psutil
+from ldawt.manager.cli import main
+
+table, out = sys.argv[1:]
+run = ["--allow-private", "--workers", "2", "--shard-size", "10", "--engine", "local", "-q"]
+assert main(["submit", table, "--out", out, *run]) == 0
+print(sorted(name for name in ("aiohttp", "PIL", "ldawt.daemon.shard") if name in sys.modules))
+print(len(psutil.Process().children()))
+"""
+
+
+def test_the_manager_of_several_workers_leaves_the_daemon_to_them(tmp_path: Path) -> None:
+    """The workers and the shared DNS cache's process import the daemon (aiohttp, Pillow),
+    forked from the server that imported it once; the manager does not (0.2 CPU s). The cache's
+    process is gone with the run: the forkserver stays, for the next run."""
+    with running_origin() as origin:
+        table = url_table(tmp_path / "urls.parquet", [origin.url("img", i) for i in range(30)])
+        done = subprocess.run(
+            [sys.executable, "-c", MANAGER_IMPORTS, str(table), str(tmp_path / "out")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    # children left: the forkserver and multiprocessing's resource tracker
+    assert done.stdout.splitlines()[-2:] == ["[]", "2"], done.stdout
+    assert len(list((tmp_path / "out").glob("*.tar"))) == 3

@@ -251,9 +251,9 @@ def test_a_job_made_before_the_index_existed_indexes_fine(
 def test_a_run_ending_with_a_failed_shard_indexes_its_rows_as_pending(
     tmp_path: Path, capsys, monkeypatch
 ):
-    from ldawt.manager.engines import local
+    from ldawt.daemon import shard
 
-    real = local.run_shard
+    real = shard.run_shard
 
     def failing(spec, progress=None):
         if spec.shard_id == "00001":
@@ -264,7 +264,7 @@ def test_a_run_ending_with_a_failed_shard_indexes_its_rows_as_pending(
         source = url_table(tmp_path / "in.parquet", [origin.url("img", i) for i in range(12)])
         out = tmp_path / "out"
         command = ["submit", str(source), "--out", str(out), "--shard-size", "5", *RUN]
-        monkeypatch.setattr(local, "run_shard", failing)
+        monkeypatch.setattr(shard, "run_shard", failing)
         assert main([*command, "--shard-retries", "0"]) == 1
         assert "index: 12 rows, one per input row, in " in capsys.readouterr().err
         table = _index(out).sort_by("row")
@@ -273,7 +273,7 @@ def test_a_run_ending_with_a_failed_shard_indexes_its_rows_as_pending(
         assert set(table["shard"].to_pylist()[5:10]) == {"00001"}
         assert table["url"].to_pylist() == [origin.url("img", i) for i in range(12)]
 
-        monkeypatch.setattr(local, "run_shard", real)
+        monkeypatch.setattr(shard, "run_shard", real)
         assert main(command) == 0
         assert "index: 12 rows" in capsys.readouterr().err
         assert _index(out)["status"].to_pylist() == ["ok"] * 12

@@ -71,7 +71,7 @@ def test_many_hosts_one_lookup_each_through_a_real_dns_server(tmp_path: Path) ->
         cmd = manager_command("submit", table, "--out", out, "--allow-private")
         cmd += ["--robots", "ignore", "--engine", "local", "--workers", "2"]
         cmd += ["--shard-size", str(SHARD_ROWS)]
-        tmpdir = tmp_path / "tmp"  # where the manager's shared DNS cache puts its socket
+        tmpdir = tmp_path / "tmp"  # where the run's shared DNS cache puts its socket
         tmpdir.mkdir()
         started = time.monotonic()
         run = subprocess.run(
@@ -98,7 +98,7 @@ def test_many_hosts_one_lookup_each_through_a_real_dns_server(tmp_path: Path) ->
         want = "dns_error" if host in nxdomain else "ok"
         assert statuses == Counter({want: sum(statuses.values())}), (host, statuses)
     # every distinct host was asked of this server, and at most twice (A + AAAA) over the run:
-    # the two processes share the manager's cache
+    # the two processes share one cache
     assert set(queries) == set(by_host), set(queries) ^ set(by_host)
     too_many = {host: n for host, n in queries.items() if n > 2}
     assert not too_many, too_many

@@ -1,10 +1,10 @@
 """One DNS cache for all of the local engine's worker processes (issue 12).
 
 Each worker process has its own ``CachingResolver``: with two of them a host cost two lookups
-(four queries: getaddrinfo asks A and AAAA). With more than one worker process the manager
-serves one ``CachingResolver`` on a Unix socket (:class:`SharedDnsCache`), and each process's
-cache asks it through :class:`SocketResolver` instead of calling getaddrinfo itself; caching
-and coalescing are the same code on both sides.
+(four queries: getaddrinfo asks A and AAAA). With more than one worker process, one more
+process (``serve_until_closed``) serves one ``CachingResolver`` on a Unix socket
+(:class:`SharedDnsCache`), and each worker's cache asks it through :class:`SocketResolver`
+instead of calling getaddrinfo itself; caching and coalescing are the same code on both sides.
 
 One request per connection: a JSON line ``{"host", "port", "family"}``, answered by a JSON line
 ``{"answer": [ResolveResult, ...]}`` or ``{"error": [kind, errno, message]}``. An error is raised
@@ -16,13 +16,16 @@ reach the server (gone, refused, no readable answer) warns once and then resolve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
+from multiprocessing.connection import Connection
 from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -104,6 +107,21 @@ class SharedDnsCache:
             pass  # the client went away or sent no request: it resolves by itself
         finally:
             writer.close()
+
+
+def serve_until_closed(connection: Connection) -> None:
+    """Serve a ``SharedDnsCache`` until ``connection``'s other end is closed (a process's
+    body). Sends ``("serving", path)`` first, or ``("failed", reason)`` when it cannot start."""
+    # Ctrl-C reaches the whole process group: the manager stops this process by closing the pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with SharedDnsCache() as path:
+            connection.send(("serving", path))
+            with contextlib.suppress(EOFError, OSError):
+                connection.recv()
+    except (OSError, TimeoutError) as exc:
+        with contextlib.suppress(OSError):
+            connection.send(("failed", str(exc)))
 
 
 class SocketResolver(AbstractResolver):

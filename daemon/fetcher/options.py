@@ -63,7 +63,7 @@ class FetchOptions:
     robots: str = "obey"
     """``obey``: robots.txt is fetched once per host and applied; ``ignore``: it is not."""
     dns_socket: str | None = None
-    """The Unix socket of the manager's shared DNS cache (``fetcher/dnsshare.py``), set by the
+    """The Unix socket of the local engine's shared DNS cache (``fetcher/dnsshare.py``), set by the
     local engine when it runs more than one worker process, so that a host is looked up once
     for all of them; the process's own cache asks it, and resolves by itself when it cannot be
     reached. None (TaskVine workers, one local process): the process resolves by itself."""

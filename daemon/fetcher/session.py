@@ -101,7 +101,7 @@ def _ssl_setting(options: FetchOptions) -> ssl.SSLContext | bool:
 
 
 def _shared_dns(options: FetchOptions) -> SocketResolver | None:
-    """The manager's shared DNS cache as the process cache's source, when there is one."""
+    """The local engine's shared DNS cache as the process cache's source, when there is one."""
     return SocketResolver(options.dns_socket) if options.dns_socket else None
 
 

@@ -4,7 +4,8 @@ With one worker the shards run in this process, on one warm runtime (one event l
 connection pool). With more, each worker is a separate process holding its own runtime, so the
 CPU work (HTTP parsing, hashing, tar writing) spreads over the cores. A shard starts only when
 a worker is free and the job-wide host limits admit it (``hostcaps``). The worker processes
-share one DNS cache, served by this process on a Unix socket for the run (``dns_socket``).
+share one DNS cache, served on a Unix socket for the run by one more process started as they
+are (``dns_socket``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import os
 import queue
+import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from typing import Any
 
 from ldawt.daemon.contract import (
@@ -30,13 +33,29 @@ from ldawt.daemon.contract import (
     describe_exception,
     failure_result,
 )
-from ldawt.daemon.fetcher.dnsshare import SharedDnsCache
-from ldawt.daemon.shard import run_shard
 from ldawt.daemon.worker.resources import detect_cores
 
 from ..hostcaps import UNSHARED, HostShares
 
 log = logging.getLogger(__name__)
+
+WORKER_IMPORTS = [
+    "ldawt.manager.cli",
+    "ldawt.manager.engines.local",
+    "ldawt.daemon.shard",
+    "ldawt.daemon.fetcher.dnsshare",
+    "uvloop",
+    "pyarrow.dataset",
+    "encodings.idna",
+]
+"""What the forkserver imports once for all workers (a missing one is skipped). Each worker
+runs the program's script again (``ldawt-manager``, which imports the CLI): a preloaded
+"__main__" would spare that, but CPython's forkserver never receives the script's path, so
+the CLI is named instead. uvloop, ``pyarrow.dataset`` (behind ``read_table``) and the IDNA
+codec (host names) would otherwise be imported by every worker at its first shard: about 40
+ms apiece in all."""
+
+DNS_START_TIMEOUT_S = 30.0
 
 _progress_queue: Any = None
 _forkserver_environment: dict[str, str] | None = None
@@ -48,7 +67,20 @@ def _init_worker(progress_queue: Any) -> None:
 
 
 def _run_reporting(spec: ShardSpec) -> ShardResult:
+    # The daemon (aiohttp, Pillow, about 0.2 CPU s to import) is imported by the processes
+    # that run shards: the forkserver once for all workers (WORKER_IMPORTS), or this process
+    # when it runs them itself; the manager of several workers never needs it.
+    from ldawt.daemon.shard import run_shard
+
     return run_shard(spec, _progress_queue.put)
+
+
+def _serve_shared_dns(connection: Connection) -> None:
+    """The shared DNS cache's process (``_shared_dns``); it imports the daemon's resolver, as
+    a worker does."""
+    from ldawt.daemon.fetcher.dnsshare import serve_until_closed
+
+    serve_until_closed(connection)
 
 
 class LocalEngine:
@@ -79,7 +111,7 @@ class LocalEngine:
             executor = cf.ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)
             )
-            shared_dns = _shared_dns()
+            shared_dns = _shared_dns(context)
         # the cache outlives the pool: shards still running after an interrupt keep using it
         with shared_dns as dns_socket, executor:
             started = time.monotonic()
@@ -120,8 +152,7 @@ def _worker_context() -> multiprocessing.context.BaseContext:
         _forkserver_environment in (None, environment)
     ):
         context = multiprocessing.get_context("forkserver")
-        # "__main__": the program's script (ldawt-manager), which the workers would each run again
-        context.set_forkserver_preload(["__main__", __name__])
+        context.set_forkserver_preload(WORKER_IMPORTS)
         try:
             multiprocessing.forkserver.ensure_running()
         except OSError as exc:  # its socket's path under a long TMPDIR, for one
@@ -136,16 +167,38 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 
 
 @contextlib.contextmanager
-def _shared_dns() -> Iterator[str | None]:
-    """The shared DNS cache's socket path; None, with one warning, when it cannot start (each
-    worker process then resolves for itself, as on TaskVine)."""
-    with contextlib.ExitStack() as stack:
-        try:
-            path: str | None = stack.enter_context(SharedDnsCache())
-        except (OSError, TimeoutError) as exc:
-            log.warning(f"no shared DNS cache ({exc}); each worker process resolves hosts itself")
-            path = None
+def _shared_dns(context: multiprocessing.context.BaseContext) -> Iterator[str | None]:
+    """The shared DNS cache's socket path, served by a process started as the workers are (so
+    that this process need not import aiohttp); it stops when this end of its pipe closes.
+    None, with one warning, when it cannot start: each worker process then resolves hosts
+    itself, as on TaskVine."""
+    ours, theirs = context.Pipe()
+    helper = context.Process(
+        target=_serve_shared_dns, args=(theirs,), name="ldawt-dns-cache", daemon=True
+    )
+    path: str | None = None
+    try:
+        helper.start()
+        theirs.close()
+        if not ours.poll(DNS_START_TIMEOUT_S):
+            raise TimeoutError(f"no answer within {DNS_START_TIMEOUT_S:g} s")
+        status, detail = ours.recv()
+        if status != "serving":
+            raise OSError(detail)
+        path = detail
+    except (OSError, EOFError, TimeoutError) as exc:
+        log.warning(f"no shared DNS cache ({exc}); each worker process resolves hosts itself")
+    try:
         yield path
+    finally:
+        ours.close()
+        if helper.pid is not None:
+            helper.join(timeout=DNS_START_TIMEOUT_S)
+            if helper.is_alive():
+                helper.kill()
+                helper.join()
+        if path is not None:  # gone with its process, unless that was killed
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _with_dns_socket(spec: ShardSpec, dns_socket: str | None) -> ShardSpec:
