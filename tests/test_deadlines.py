@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,6 +86,25 @@ def test_a_late_request_that_ends_anyway_leaves_no_cancellation_behind() -> None
         return result, asyncio.current_task().cancelling()
 
     assert on_uvloop(scenario) == ("finished anyway", 0)
+
+
+def test_a_task_that_once_swallowed_a_cancellation_still_times_out() -> None:
+    """Its count of cancellation requests stays at 1; as with asyncio.timeout, the limit
+    counts only its own."""
+
+    async def scenario() -> tuple[int, str]:
+        task = asyncio.current_task()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed without uncancel()
+            await asyncio.sleep(1)
+        before = task.cancelling()
+        try:
+            await limited(Deadlines(), 0.05, asyncio.sleep(30))
+        except TimeoutError as exc:
+            return before, str(exc)
+        return before, "no timeout"
+
+    assert on_uvloop(scenario) == (1, "took longer than 0.05 s (--timeout)")
 
 
 def test_the_check_stops_when_no_work_is_left() -> None:

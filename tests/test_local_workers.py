@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from manager_support import run_python, running_origin, url_table
+from manager_support import manager_command, run_python, running_origin, url_table
 
 # A fresh interpreter: the forkserver's environment is fixed for the process once chosen.
 CONTEXTS = """
@@ -103,3 +103,28 @@ def test_the_manager_of_several_workers_leaves_the_daemon_to_them(tmp_path: Path
     # children left: the forkserver and multiprocessing's resource tracker
     assert done.stdout.splitlines()[-2:] == ["[]", "2"], done.stdout
     assert len(list((tmp_path / "out").glob("*.tar"))) == 3
+
+
+def test_a_run_goes_on_when_the_shared_dns_cache_cannot_start(tmp_path: Path) -> None:
+    """Under a TMPDIR too deep for a Unix socket's path, neither the forkserver nor the DNS
+    cache's socket can exist: the workers and the cache's process are spawned, the cache says
+    why it cannot serve, and each worker resolves names itself."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    with running_origin() as origin:
+        table = url_table(tmp_path / "urls.parquet", [origin.url("img", i) for i in range(20)])
+        out = tmp_path / "out"
+        cmd = manager_command("submit", table, "--out", out, "--allow-private")
+        cmd += ["--engine", "local", "--workers", "2", "--shard-size", "10"]
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TMPDIR": str(deep)},
+        )
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "no shared DNS cache" in line]
+    assert len(warnings) == 1 and "each worker process resolves hosts itself" in warnings[0]
+    assert "Traceback" not in done.stderr
+    assert len(list(out.glob("*.tar"))) == 2

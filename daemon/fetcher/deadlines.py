@@ -28,9 +28,7 @@ class Deadlines:
 
     def limit(self, seconds: float) -> Deadline:
         """``with deadlines.limit(seconds):`` around the awaits to limit, in a task."""
-        task = asyncio.current_task(self._loop)
-        assert task is not None
-        return Deadline(self, task, seconds)
+        return Deadline(self, seconds)
 
     def _add(self, deadline: Deadline) -> None:
         self._running.add(deadline)
@@ -41,27 +39,36 @@ class Deadlines:
         self._running.discard(deadline)
 
     def _check(self) -> None:
-        now = self._loop.time()
-        for deadline in self._running:
-            if not deadline.expired and deadline.at <= now:
-                deadline.expired = True
-                deadline.task.cancel()
-        self._timer = self._loop.call_later(CHECK_PERIOD_S, self._check) if self._running else None
+        try:
+            now = self._loop.time()
+            for deadline in tuple(self._running):
+                if not deadline.expired and deadline.at <= now:
+                    deadline.expired = True
+                    deadline.task.cancel()
+        finally:  # whatever happened, the check goes on while limits run
+            self._timer = (
+                self._loop.call_later(CHECK_PERIOD_S, self._check) if self._running else None
+            )
 
 
 class Deadline:
-    """One limit (see ``Deadlines.limit``); not reusable."""
+    """One limit (see ``Deadlines.limit``) for the task that enters it; not reusable."""
 
-    __slots__ = ("_deadlines", "at", "expired", "seconds", "task")
+    __slots__ = ("_cancelling", "_deadlines", "at", "expired", "seconds", "task")
 
-    def __init__(self, deadlines: Deadlines, task: asyncio.Task, seconds: float) -> None:
+    def __init__(self, deadlines: Deadlines, seconds: float) -> None:
         self._deadlines = deadlines
-        self.task = task
         self.seconds = seconds
         self.at = 0.0
         self.expired = False
 
     def __enter__(self) -> Deadline:
+        task = asyncio.current_task(self._deadlines._loop)
+        if task is None:
+            raise RuntimeError("a Deadline must be entered in a task of its loop")
+        self.task = task
+        # cancellations already requested are not this limit's (as asyncio.timeout counts)
+        self._cancelling = task.cancelling()
         self.at = self._deadlines._loop.time() + self.seconds
         self._deadlines._add(self)
         return self
@@ -75,5 +82,5 @@ class Deadline:
         self._deadlines._discard(self)
         if self.expired:  # its cancellation is taken back here, delivered or not
             self.expired = False
-            if self.task.uncancel() == 0 and exc_type is asyncio.CancelledError:
+            if self.task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError(f"took longer than {self.seconds:g} s (--timeout)") from None

@@ -178,17 +178,20 @@ def _shared_dns(context: multiprocessing.context.BaseContext) -> Iterator[str | 
     )
     path: str | None = None
     try:
-        helper.start()
-        theirs.close()
-        if not ours.poll(DNS_START_TIMEOUT_S):
-            raise TimeoutError(f"no answer within {DNS_START_TIMEOUT_S:g} s")
-        status, detail = ours.recv()
-        if status != "serving":
-            raise OSError(detail)
-        path = detail
-    except (OSError, EOFError, TimeoutError) as exc:
-        log.warning(f"no shared DNS cache ({exc}); each worker process resolves hosts itself")
-    try:
+        try:
+            helper.start()
+            if not ours.poll(DNS_START_TIMEOUT_S):
+                raise TimeoutError(f"no answer within {DNS_START_TIMEOUT_S:g} s")
+            status, detail = ours.recv()
+            if status != "serving":
+                raise OSError(detail)
+            path = detail
+        except (OSError, EOFError, TimeoutError, ValueError) as exc:
+            log.warning(f"no shared DNS cache ({exc}); each worker process resolves hosts itself")
+            if helper.is_alive():  # not serving anyone: not kept for the run
+                helper.kill()
+        finally:
+            theirs.close()  # the helper holds its own copy
         yield path
     finally:
         ours.close()
