@@ -44,6 +44,18 @@ def test_workers_are_spawned_when_the_forkserver_cannot_start(tmp_path: Path) ->
     assert run_python(START_METHOD, {**os.environ, "TMPDIR": str(deep)}) == "spawn"
 
 
+def run_job_script(script: str, urls: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """``script`` run by a fresh interpreter, given a URL table of ``urls`` and an output
+    folder (``tmp_path/out``) as its arguments."""
+    table = url_table(tmp_path / "urls.parquet", urls)
+    return subprocess.run(
+        [sys.executable, "-c", script, str(table), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 # Two runs of one job in one process, as a script using the API may do.
 TWO_RUNS = """
 import sys
@@ -61,13 +73,7 @@ def test_a_second_run_of_the_job_keeps_its_own_forkserver(tmp_path: Path) -> Non
     it for a killed manager's worker (and say so), nor lose it."""
     with running_origin() as origin:
         urls = [origin.url("img" if i % 3 else "gone", i) for i in range(60)]
-        table = url_table(tmp_path / "urls.parquet", urls)
-        done = subprocess.run(
-            [sys.executable, "-c", TWO_RUNS, str(table), str(tmp_path / "out")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_job_script(TWO_RUNS, urls, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "left running" not in done.stderr
     assert done.stderr.count("worker processes fork from the forkserver") == 2, done.stderr
@@ -92,13 +98,7 @@ def test_the_manager_of_several_workers_leaves_the_daemon_to_them(tmp_path: Path
     forked from the server that imported it once; the manager does not (0.2 CPU s). The cache's
     process is gone with the run: the forkserver stays, for the next run."""
     with running_origin() as origin:
-        table = url_table(tmp_path / "urls.parquet", [origin.url("img", i) for i in range(30)])
-        done = subprocess.run(
-            [sys.executable, "-c", MANAGER_IMPORTS, str(table), str(tmp_path / "out")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_job_script(MANAGER_IMPORTS, [origin.url("img", i) for i in range(30)], tmp_path)
     assert done.returncode == 0, done.stderr
     # children left: the forkserver and multiprocessing's resource tracker
     assert done.stdout.splitlines()[-2:] == ["[]", "2"], done.stdout
