@@ -16,6 +16,7 @@ printed. The file lands in ``--work``/writer, on the disk the bench writes its o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -54,13 +55,10 @@ def _write(path_kind: str, target: Path, members: list[tuple[bytes, bytes, bytes
         finally:
             os.close(fd)
         return
-    file = directfile.DirectFile(target)
-    try:
+    with contextlib.closing(directfile.DirectFile(target)) as file:
         for parts in members:
             file.writev(list(parts))
         file.sync()
-    finally:
-        file.close()
 
 
 def _child(path_kind: str, target: Path, corpus: Path, count: int, staging_kib: int) -> None:

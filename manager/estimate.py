@@ -57,9 +57,6 @@ from ldawt.daemon.contract import FetchOptions, Status
 
 from .argtypes import at_least
 from .console import LOG_INTERVAL_S
-
-if TYPE_CHECKING:
-    from ldawt.daemon.fetcher.probe import Probe
 from .errors import InputError
 from .formats import InputSource
 from .hosts import hosts_of
@@ -71,6 +68,9 @@ from .inputs import (
     read_schema,
     resolve_columns,
 )
+
+if TYPE_CHECKING:  # the prober itself is imported by estimate(), where it runs
+    from ldawt.daemon.fetcher.probe import Probe
 
 log = logging.getLogger(__name__)
 

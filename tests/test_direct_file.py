@@ -41,10 +41,9 @@ def _write_all(path: Path, parts: list[bytes]) -> tuple[int, int]:
     """Write ``parts`` from another thread (as the tar writer does), by threes through
     ``writev`` and one by one through ``write`` in turn; the open flags seen after the first
     call and after the last one."""
-    file = DirectFile(path)
     seen: list[int] = []
 
-    def write() -> None:
+    def write(file: DirectFile) -> None:
         for start in range(0, len(parts), 3):
             group = parts[start : start + 3]
             if start % 2:
@@ -56,12 +55,10 @@ def _write_all(path: Path, parts: list[bytes]) -> tuple[int, int]:
                 seen.append(_open_flags(path))
         file.sync()
 
-    try:
-        thread = threading.Thread(target=write)
+    with contextlib.closing(DirectFile(path)) as file:
+        thread = threading.Thread(target=write, args=(file,))
         thread.start()
         thread.join()
-    finally:
-        file.close()
     assert len(seen) == 2, "the writing thread failed"
     return seen[0], seen[1]
 
@@ -85,40 +82,31 @@ def test_a_filesystem_without_direct_io_gets_ordinary_writes(tmp_path: Path) -> 
 
 def test_a_file_shorter_than_the_buffer(tmp_path: Path) -> None:
     path = tmp_path / "small"
-    file = DirectFile(path)
-    try:
+    with contextlib.closing(DirectFile(path)) as file:
         file.write(b"x" * 1000)
         assert path.stat().st_size == 0  # still in the staging buffer
         file.sync()
-    finally:
-        file.close()
     assert path.read_bytes() == b"x" * 1000
 
 
 def test_byte_buffers_only(tmp_path: Path) -> None:
     path = tmp_path / "f"
-    file = DirectFile(path)
-    try:
+    with contextlib.closing(DirectFile(path)) as file:
         file.write(bytearray(b"y" * 16_384))
         with pytest.raises(TypeError):
             file.write(io.BytesIO(b"z"))  # type: ignore[arg-type]
         file.sync()
-    finally:
-        file.close()
     assert path.read_bytes() == b"y" * 16_384
 
 
 def test_exact_multiples_of_the_buffer_and_byte_arrays_across_it(tmp_path: Path) -> None:
     path = tmp_path / "f"
     parts = [bytes([1]) * (STAGING_BYTES - 10), bytearray(b"\2" * 20), b"\3" * (STAGING_BYTES - 10)]
-    file = DirectFile(path)
-    try:
+    with contextlib.closing(DirectFile(path)) as file:
         for part in parts:
             file.write(part)
         assert path.stat().st_size == 2 * STAGING_BYTES  # both flushed: the buffer is empty
         file.sync()
-    finally:
-        file.close()
     assert path.stat().st_size == 2 * STAGING_BYTES
     assert path.read_bytes() == b"".join(parts)
 
@@ -150,14 +138,11 @@ def _write_with_faults(
 ) -> _FaultyWrites:
     writes = _FaultyWrites(faults)
     monkeypatch.setattr(directfile.os, "write", writes)
-    file = DirectFile(path)
-    writes.fd = _fd_of(path)
-    try:
+    with contextlib.closing(DirectFile(path)) as file:
+        writes.fd = _fd_of(path)
         for part in parts:
             file.write(part)
         file.sync()
-    finally:
-        file.close()
     return writes
 
 
@@ -187,17 +172,14 @@ def test_a_failed_write_fails_every_later_one(
     writes = _FaultyWrites([errno.ENOSPC])
     monkeypatch.setattr(directfile.os, "write", writes)
     path = tmp_path / "f"
-    file = DirectFile(path)
-    writes.fd = _fd_of(path)
-    try:
+    with contextlib.closing(DirectFile(path)) as file:
+        writes.fd = _fd_of(path)
         with pytest.raises(OSError, match="No space") as first:
             file.write(b"a" * (STAGING_BYTES + 1))
         for later in (lambda: file.write(b"b"), file.sync):
             with pytest.raises(OSError) as again:
                 later()
             assert again.value is first.value
-    finally:
-        file.close()
     assert path.stat().st_size == 0  # nothing written twice, nothing after the failure
 
 
